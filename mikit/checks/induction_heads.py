@@ -1,0 +1,215 @@
+"""Checks for notebook 01 (induction heads): each compares a student function with `mikit.induction`."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from mikit import induction as ref
+from mikit.checks import CheckFailed, call_student, expect_close, expect_tensor, passed
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _as_float(value: object, name: str) -> float:
+    __tracebackhide__ = True
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return float(value.item())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise CheckFailed(f"`{name}` should return a single number, but returned a {type(value).__name__}.")
+
+
+def _random_patterns(batch: int, heads: int, pos: int, seed: int) -> Tensor:
+    """Causal attention patterns with random rows, so each diagonal holds different values."""
+    q = torch.randn(batch, pos, heads, 8, generator=_gen(seed))
+    k = torch.randn(batch, pos, heads, 8, generator=_gen(seed + 1))
+    return ref.attention_pattern(q * 3, k)
+
+
+def count_correct_predictions(fn: Callable, model: HookedTransformer) -> None:
+    """Exercise 1: number of tokens the model predicts exactly."""
+    __tracebackhide__ = True
+    texts = ["The cat sat on the mat. The cat sat on the mat.", "one two three four five six seven eight"]
+    for text in texts:
+        got = _as_float(call_student(fn, "count_correct_predictions", model, text), "count_correct_predictions")
+        want = ref.count_correct_predictions(model, text)
+        if got != want:
+            n = model.to_tokens(text).shape[1]
+            raise CheckFailed(
+                f"`count_correct_predictions` gave {got:g} on {text!r}, expected {want}; compare the logits at "
+                f"position p with the token at p + 1 ({n - 1} predictions for {n} tokens including BOS)"
+            )
+    passed("count_correct_predictions")
+
+
+def attention_pattern(fn: Callable) -> None:
+    """Exercise 2: causal softmax attention from q and k."""
+    __tracebackhide__ = True
+    batch, pos, heads, d_head = 2, 7, 3, 16
+    q = torch.randn(batch, pos, heads, d_head, generator=_gen(1))
+    k = torch.randn(batch, pos, heads, d_head, generator=_gen(2))
+    name = "attention_pattern"
+    got = expect_tensor(call_student(fn, name, q, k), name, (batch, heads, pos, pos), "batch head q_pos k_pos")
+    want = ref.attention_pattern(q, k)
+    rows = got.sum(-1)
+    if not torch.allclose(rows, torch.ones_like(rows), atol=1e-4):
+        raise CheckFailed(
+            f"each row of the pattern (one query) must sum to 1 over the key dimension; yours sum to "
+            f"{rows.min():.2f}–{rows.max():.2f}: apply softmax over the last dimension"
+        )
+    if got.triu(diagonal=1).abs().max() > 1e-6:
+        raise CheckFailed(
+            "your pattern puts attention on future tokens (above the diagonal): mask scores with k_pos > q_pos "
+            "to -inf before the softmax"
+        )
+    expect_close(got, want, name, hint="scale the scores by 1/sqrt(d_head) before masking and softmax")
+    passed(name)
+
+
+def _detector(fn: Callable, name: str, reference: Callable, needs_seq_len: bool) -> None:
+    __tracebackhide__ = True
+    seq_len = 6
+    pattern = _random_patterns(batch=3, heads=4, pos=2 * seq_len + 1, seed=7)
+    args = (pattern, seq_len) if needs_seq_len else (pattern,)
+    got = expect_tensor(call_student(fn, name, *args), name, (4,), "head")
+    want = reference(*args)
+    for offset in range(0, 2 * seq_len):
+        if torch.allclose(got, ref._diagonal_score(pattern, offset, pattern.shape[-1] - offset), atol=1e-5):
+            if not torch.allclose(got, want, atol=1e-5):
+                raise CheckFailed(
+                    f"`{name}` measures attention to the key {offset} positions back over all queries; "
+                    "check which key offset and which query positions this head type needs"
+                )
+    expect_close(got, want, name, atol=1e-5, hint="average over the batch and over query positions only")
+    passed(name)
+
+
+def previous_token_scores(fn: Callable) -> None:
+    """Exercise 3: attention to the previous position."""
+    _detector(fn, "previous_token_scores", ref.previous_token_scores, needs_seq_len=False)
+
+
+def duplicate_token_scores(fn: Callable) -> None:
+    """Exercise 4: attention from the second copy to the same token's first copy."""
+    _detector(fn, "duplicate_token_scores", ref.duplicate_token_scores, needs_seq_len=True)
+
+
+def induction_scores(fn: Callable) -> None:
+    """Exercise 5: attention to the token after the earlier copy."""
+    _detector(fn, "induction_scores", ref.induction_scores, needs_seq_len=True)
+
+
+def per_token_loss(fn: Callable) -> None:
+    """Exercise 6: next-token cross-entropy at each position."""
+    __tracebackhide__ = True
+    batch, pos, vocab = 2, 9, 11
+    logits = torch.randn(batch, pos, vocab, generator=_gen(3)) * 2
+    tokens = torch.randint(0, vocab, (batch, pos), generator=_gen(4))
+    name = "per_token_loss"
+    got = expect_tensor(call_student(fn, name, logits, tokens), name, (batch, pos - 1), "batch pos-1")
+    if (got < 0).any():
+        raise CheckFailed("a cross-entropy loss is never negative; yours is: return minus the log-probability")
+    expect_close(
+        got, ref.per_token_loss(logits, tokens), name,
+        hint="the logits at position p predict the token at p + 1; use log_softmax over the vocabulary",
+    )
+    passed(name)
+
+
+def logit_attribution(fn: Callable) -> None:
+    """Exercise 7: direct logit attribution of components to the next token."""
+    __tracebackhide__ = True
+    comp, batch, pos, d_model, vocab = 5, 2, 6, 8, 13
+    components = torch.randn(comp, batch, pos, d_model, generator=_gen(5))
+    W_U = torch.randn(d_model, vocab, generator=_gen(6))
+    tokens = torch.randint(0, vocab, (batch, pos), generator=_gen(7))
+    name = "logit_attribution"
+    got = expect_tensor(
+        call_student(fn, name, components, W_U, tokens), name, (comp, batch, pos - 1), "comp batch pos-1"
+    )
+    expect_close(
+        got, ref.logit_attribution(components, W_U, tokens), name,
+        hint="the component at position p is attributed to the unembedding direction of token p + 1",
+    )
+    passed(name)
+
+
+def ablate_head(fn: Callable) -> None:
+    """Exercise 8: zero and mean ablation hook on hook_z."""
+    __tracebackhide__ = True
+    z = torch.randn(3, 5, 4, 6, generator=_gen(8)) + 1.0
+    name = "ablate_head"
+    for mode in ("zero", "mean"):
+        original = z.clone()
+        got = expect_tensor(call_student(fn, name, z.clone(), None, 2, mode), name, z.shape, "batch pos head d_head")
+        want = ref.ablate_head(original, None, 2, mode)
+        others = [h for h in range(4) if h != 2]
+        if not torch.allclose(got[:, :, others], original[:, :, others]):
+            raise CheckFailed(f"`ablate_head` (mode={mode!r}) changed heads other than the one asked for")
+        expect_close(
+            got, want, f"{name}(mode={mode!r})",
+            hint="mean ablation replaces the head's output by its mean over batch and positions (keep d_head)",
+        )
+    passed(name, "zero and mean ablation")
+
+
+def ov_copying_score(fn: Callable, model: HookedTransformer) -> None:
+    """Exercise 9: fraction of tokens the full OV circuit copies."""
+    __tracebackhide__ = True
+    name = "ov_copying_score"
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            args = (model.W_E, model.W_V[layer, head], model.W_O[layer, head], model.W_U)
+            got = _as_float(call_student(fn, name, *args), name)
+            want = ref.ov_copying_score(*args)
+            if abs(got - want) > 1e-6:
+                raise CheckFailed(
+                    f"`ov_copying_score` gave {got:.3f} for head {layer}.{head}, expected {want:.3f}; the full OV "
+                    "circuit is W_E W_V W_O W_U (rows: source token), and a token is copied when its own column "
+                    "is the largest in its row"
+                )
+    passed(name, f"all {model.cfg.n_layers * model.cfg.n_heads} heads")
+
+
+def composition_score(fn: Callable) -> None:
+    """Exercise 10: composition score between two matrices."""
+    __tracebackhide__ = True
+    name = "composition_score"
+    W_A = torch.randn(12, 7, generator=_gen(9))
+    W_B = torch.randn(7, 12, generator=_gen(10))
+    W_B[:, :6] *= 5  # uneven singular values, so spectral and Frobenius norms disagree
+    got = _as_float(call_student(fn, name, W_A, W_B), name)
+    want = ref.composition_score(W_A, W_B)
+    if abs(got - want) > 1e-4:
+        raise CheckFailed(
+            f"`composition_score` gave {got:.4f}, expected {want:.4f}: divide the Frobenius norm of W_A @ W_B by "
+            "the product of the Frobenius norms of W_A and W_B"
+        )
+    passed(name)
+
+
+def top_heads(fn: Callable) -> None:
+    """Exercise 11: the k highest-scoring (layer, head) pairs."""
+    __tracebackhide__ = True
+    name = "top_heads"
+    scores = torch.rand(5, 7, generator=_gen(11))
+    got = call_student(fn, name, scores, 4)
+    want = ref.top_heads(scores, 4)
+    try:
+        got = [(int(layer), int(head)) for layer, head in got]
+    except (TypeError, ValueError):
+        raise CheckFailed("`top_heads` should return a list of (layer, head) pairs of ints") from None
+    if sorted(got) == sorted(want) and got != want:
+        raise CheckFailed("`top_heads` found the right heads but in the wrong order: largest score first")
+    if got != want:
+        raise CheckFailed(
+            f"`top_heads` returned {got}, expected {want} on a 5-layer × 7-head score table; "
+            "a flat index i is layer i // n_heads, head i % n_heads"
+        )
+    passed(name)

@@ -1,0 +1,55 @@
+"""The zoo: tiny models trained by mikit's own recipes, shipped as safetensors + JSON + tokenizer files.
+
+    model = load_zoo_model("attn-only-2l")      # a HookedTransformer with a character tokenizer
+    python -m mikit.zoo train attn-only-2l      # retrain it from scratch (about 3 minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from transformer_lens import HookedTransformer
+
+from mikit.zoo.metrics import induction_scores, previous_token_scores, repeated_random_tokens, repeated_sequence_losses
+from mikit.zoo.recipes import RECIPES, Recipe, train
+from mikit.zoo.storage import load_model_folder, read_config
+
+# The package is installed editable, so the shipped models sit in the repository's data/ folder.
+ZOO_DIR = Path(__file__).resolve().parents[2] / "data" / "zoo"
+ZOO_MODELS = {name: recipe.description for name, recipe in RECIPES.items()}
+
+
+def zoo_dir() -> Path:
+    """The folder holding the zoo's models: `$MIKIT_ZOO_DIR` if set, else `ZOO_DIR`."""
+    return Path(os.environ.get("MIKIT_ZOO_DIR", ZOO_DIR))
+
+
+def model_folder(name: str) -> Path:
+    """The folder of zoo model `name`; a ValueError if the zoo has no such model."""
+    if name not in ZOO_MODELS:
+        raise ValueError(f"No zoo model named {name!r}; available: {', '.join(sorted(ZOO_MODELS))}.")
+    return zoo_dir() / name
+
+
+def load_zoo_model(name: str, device: str | None = None) -> HookedTransformer:
+    """Load zoo model `name` in eval mode on `device` (default CPU), tokenizer attached."""
+    return load_model_folder(model_folder(name), device)
+
+
+__all__ = [
+    "RECIPES",
+    "ZOO_DIR",
+    "ZOO_MODELS",
+    "Recipe",
+    "induction_scores",
+    "load_model_folder",
+    "load_zoo_model",
+    "model_folder",
+    "previous_token_scores",
+    "read_config",
+    "repeated_random_tokens",
+    "repeated_sequence_losses",
+    "train",
+    "zoo_dir",
+]

@@ -1,0 +1,216 @@
+"""Every notebook-01 check passes the reference and rejects plausible wrong implementations."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from mikit import induction as ref
+from mikit.checks import CheckFailed
+from mikit.checks import induction_heads as checks
+
+
+@pytest.fixture(scope="module")
+def toy():
+    import mikit
+
+    return mikit.load_model("attn-only-2l", device="cpu")
+
+
+def rejects(check, fn, *args, match=None):
+    with pytest.raises(CheckFailed, match=match):
+        check(fn, *args)
+
+
+# --- exercise 1 -------------------------------------------------------------------------
+def test_count_correct_predictions(toy, capsys):
+    checks.count_correct_predictions(ref.count_correct_predictions, toy)
+    assert "✓" in capsys.readouterr().out
+
+    def no_shift(model, text):
+        tokens = model.to_tokens(text)
+        return int((model(tokens)[0].argmax(-1) == tokens[0]).sum())
+
+    def shifted_backwards(model, text):
+        tokens = model.to_tokens(text)
+        return int((model(tokens)[0, 1:].argmax(-1) == tokens[0, :-1]).sum())
+
+    def fraction(model, text):
+        tokens = model.to_tokens(text)
+        return (model(tokens)[0, :-1].argmax(-1) == tokens[0, 1:]).float().mean()
+
+    for wrong in (no_shift, shifted_backwards, fraction):
+        rejects(checks.count_correct_predictions, wrong, toy, match="position p")
+
+
+# --- exercise 2 -------------------------------------------------------------------------
+def _scores(q, k):
+    return torch.einsum("bqhd,bkhd->bhqk", q, k)
+
+
+def _mask(s):
+    return s.masked_fill(torch.ones(s.shape[-2:]).triu(1).bool(), float("-inf"))
+
+
+def test_attention_pattern():
+    checks.attention_pattern(ref.attention_pattern)
+    d = lambda q: q.shape[-1] ** 0.5  # noqa: E731
+    rejects(checks.attention_pattern, lambda q, k: (_scores(q, k) / d(q)).softmax(-1), match="future")
+    rejects(checks.attention_pattern, lambda q, k: _mask(_scores(q, k) / d(q)).softmax(-2), match="sum to 1")
+    rejects(checks.attention_pattern, lambda q, k: _mask(_scores(q, k)).softmax(-1), match="sqrt")
+    rejects(checks.attention_pattern, lambda q, k: _mask(_scores(q, k) / q.shape[-1]).softmax(-1), match="sqrt")
+    rejects(checks.attention_pattern, lambda q, k: _scores(q, k), match="sum to 1")
+
+
+# --- exercises 3-5 ----------------------------------------------------------------------
+def diag_mean(offset, last=None):
+    def score(pattern, *seq_len):
+        diag = pattern.diagonal(-offset(*seq_len) if callable(offset) else -offset, dim1=-2, dim2=-1)
+        if last is not None:
+            diag = diag[..., -last(*seq_len):]
+        return diag.mean((0, -1))
+
+    return score
+
+
+def test_previous_token_scores():
+    checks.previous_token_scores(ref.previous_token_scores)
+    wrongs = [
+        diag_mean(0),  # attention to the current token
+        lambda p: p.diagonal(-1, dim1=-2, dim2=-1).sum((0, -1)),  # sum instead of mean
+        lambda p: p.diagonal(-1, dim1=-2, dim2=-1).mean(0).mean(0),  # averaged over heads
+        lambda p: p[:, :, 1:, 0].mean((0, 2)),  # attention to BOS
+    ]
+    for wrong in wrongs:
+        rejects(checks.previous_token_scores, wrong)
+
+
+def test_duplicate_token_scores():
+    checks.duplicate_token_scores(ref.duplicate_token_scores)
+    for wrong in (
+        diag_mean(lambda n: n - 1, last=lambda n: n),  # induction offset
+        diag_mean(lambda n: n + 1),  # one too far back
+        diag_mean(lambda n: n),  # right offset, but also the query at the end of the first copy
+    ):
+        rejects(checks.duplicate_token_scores, wrong)
+
+
+def test_induction_scores():
+    checks.induction_scores(ref.induction_scores)
+    for wrong in (
+        diag_mean(lambda n: n, last=lambda n: n),  # duplicate-token offset
+        diag_mean(lambda n: n - 1),  # includes queries from the first copy
+        diag_mean(lambda n: n - 2, last=lambda n: n),  # off by one the other way
+    ):
+        rejects(checks.induction_scores, wrong)
+
+
+# --- exercise 6 -------------------------------------------------------------------------
+def test_per_token_loss():
+    checks.per_token_loss(ref.per_token_loss)
+    wrongs = [
+        lambda lg, t: -lg.log_softmax(-1)[:, 1:].gather(-1, t[:, 1:, None])[..., 0],  # no shift
+        lambda lg, t: lg[:, :-1].log_softmax(-1).gather(-1, t[:, 1:, None])[..., 0],  # sign
+        lambda lg, t: -lg[:, :-1].softmax(-1).gather(-1, t[:, 1:, None])[..., 0],  # probability, not log
+        lambda lg, t: -lg[:, :-1].log_softmax(1).gather(-1, t[:, 1:, None])[..., 0],  # softmax over positions
+    ]
+    for wrong in wrongs:
+        rejects(checks.per_token_loss, wrong)
+
+
+# --- exercise 7 -------------------------------------------------------------------------
+def test_logit_attribution():
+    checks.logit_attribution(ref.logit_attribution)
+    wrongs = [
+        lambda c, W_U, t: torch.einsum("cbpd,dbp->cbp", c[:, :, :-1], W_U[:, t[:, :-1]]),  # current token
+        lambda c, W_U, t: torch.einsum("cbpd,dbp->cbp", c[:, :, 1:], W_U[:, t[:, 1:]]),  # wrong positions
+        lambda c, W_U, t: torch.einsum("cbpd,dv->cbp", c[:, :, :-1], W_U) / W_U.shape[1],  # mean logit
+    ]
+    for wrong in wrongs:
+        rejects(checks.logit_attribution, wrong)
+
+
+# --- exercise 8 -------------------------------------------------------------------------
+def test_ablate_head():
+    checks.ablate_head(ref.ablate_head)
+
+    def all_heads(z, hook, head, mode):
+        return torch.zeros_like(z) if mode == "zero" else z.mean((0, 1), keepdim=True).expand_as(z)
+
+    def mean_over_batch_only(z, hook, head, mode):
+        z = z.clone()
+        z[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean(0)
+        return z
+
+    def mean_over_d_head(z, hook, head, mode):
+        z = z.clone()
+        z[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean(-1, keepdim=True)
+        return z
+
+    def zero_only(z, hook, head, mode):
+        z = z.clone()
+        z[:, :, head] = 0.0
+        return z
+
+    for wrong in (all_heads, mean_over_batch_only, mean_over_d_head, zero_only):
+        rejects(checks.ablate_head, wrong)
+
+
+# --- exercise 9 -------------------------------------------------------------------------
+def test_ov_copying_score(toy):
+    checks.ov_copying_score(ref.ov_copying_score, toy)
+    arange = lambda W_E: torch.arange(W_E.shape[0])  # noqa: E731
+    wrongs = [
+        lambda W_E, W_V, W_O, W_U: ((W_E @ W_V @ W_O @ W_U).argmax(0) == arange(W_E)).float().mean(),
+        lambda W_E, W_V, W_O, W_U: (W_E @ W_V @ W_O @ W_U).diag().mean(),
+        lambda W_E, W_V, W_O, W_U: ((W_E @ W_V @ W_O @ W_U).topk(5).indices == arange(W_E)[:, None])
+        .any(-1).float().mean(),
+    ]
+    for wrong in wrongs:
+        rejects(checks.ov_copying_score, wrong, toy)
+
+
+# --- exercise 10 ------------------------------------------------------------------------
+def test_composition_score():
+    checks.composition_score(ref.composition_score)
+    fro = torch.linalg.matrix_norm
+    spec = lambda M: torch.linalg.matrix_norm(M, ord=2)  # noqa: E731
+    wrongs = [
+        lambda A, B: spec(A @ B) / (spec(A) * spec(B)),
+        lambda A, B: fro(A @ B),
+        lambda A, B: fro(B @ A) / (fro(A) * fro(B)),
+    ]
+    for wrong in wrongs:
+        rejects(checks.composition_score, wrong)
+
+
+# --- exercise 11 ------------------------------------------------------------------------
+def test_top_heads():
+    checks.top_heads(ref.top_heads)
+    n_layers = 5
+
+    def ascending(scores, k):
+        return list(reversed(ref.top_heads(scores, k)))
+
+    def divided_by_layers(scores, k):
+        return [(int(i) // n_layers, int(i) % n_layers) for i in scores.flatten().topk(k).indices]
+
+    def flat_indices(scores, k):
+        return scores.flatten().topk(k).indices.tolist()
+
+    for wrong in (ascending, divided_by_layers, flat_indices):
+        rejects(checks.top_heads, wrong)
+
+
+# --- input handling ---------------------------------------------------------------------
+def test_stub_and_wrong_types_get_one_sentence():
+    def stub(*args):
+        raise NotImplementedError()
+
+    rejects(checks.attention_pattern, stub, match="still raises NotImplementedError")
+    rejects(checks.attention_pattern, "not a function", match="should be a function")
+    rejects(checks.per_token_loss, lambda lg, t: lg.tolist(), match="should return a torch.Tensor")
+    rejects(checks.per_token_loss, lambda lg, t: lg, match="should return shape")
+    rejects(checks.composition_score, lambda A, B: [1.0], match="single number")
