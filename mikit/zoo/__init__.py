@@ -34,7 +34,10 @@ def model_folder(name: str) -> Path:
 
 def load_zoo_model(name: str, device: str | None = None) -> HookedTransformer:
     """Load zoo model `name` in eval mode on `device` (default CPU), tokenizer attached."""
-    return load_model_folder(model_folder(name), device)
+    folder = model_folder(name)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"Zoo model {name!r} is not in {folder}; train it with `python -m mikit.zoo train {name}`.")
+    return load_model_folder(folder, device)
 
 
 __all__ = [

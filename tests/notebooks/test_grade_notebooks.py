@@ -1,0 +1,30 @@
+"""`mikit grade` gives every solution notebook full marks and every exercise notebook zero."""
+
+import os
+
+import pytest
+
+from mikit.build import NOTEBOOKS, SOLUTIONS
+from mikit.grading import grade
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MIKIT_MODE", "offline")
+
+NAMES = sorted(p.name for p in SOLUTIONS.glob("*.ipynb"))
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", NAMES)
+def test_solution_gets_full_marks(name):
+    report = grade(SOLUTIONS / name)
+    failed = {gid: g.message for gid, g in report.exercises.items() if g.points < g.max_points}
+    assert report.total == report.max_total > 0, failed
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", NAMES)
+def test_exercise_notebook_scores_zero(name):
+    report = grade(NOTEBOOKS / name)
+    assert report.max_total > 0
+    assert report.total == 0, {gid: g.message for gid, g in report.exercises.items() if g.points}
+    assert all("NotImplementedError" in g.message for g in report.exercises.values())

@@ -1,0 +1,111 @@
+"""`mikit build` and `mikit grade` on a tiny notebook (the real notebooks are in tests/notebooks/)."""
+
+import json
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from mikit.build import build, exercise_version
+from mikit.cli import main
+from mikit.grading import grade
+
+SOLUTION_BODY = "def add(a, b):\n    ### BEGIN SOLUTION\n    return a + b\n    ### END SOLUTION\n"
+CHECK = (
+    "from mikit.checks import CheckFailed, call_student, passed\n"
+    "if call_student(add, 'add', 2, 3) != 5:\n"
+    "    raise CheckFailed('`add(2, 3)` should be 5')\n"
+    "passed('add')"
+)
+
+
+def nbgrader(grade_id, points=0, solution=False, grade=False):
+    return {"nbgrader": {"grade_id": grade_id, "points": points, "solution": solution, "grade": grade,
+                         "locked": grade, "schema_version": 3}}
+
+
+def tiny_solution():
+    return new_notebook(
+        cells=[
+            new_markdown_cell("# Tiny"),
+            new_code_cell(SOLUTION_BODY, metadata=nbgrader("add", solution=True)),
+            new_code_cell(CHECK, metadata=nbgrader("check_add", points=2, grade=True)),
+            new_code_cell("print('done')", outputs=[nbformat.v4.new_output("stream", text="done\n")]),
+        ],
+        metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}},
+    )
+
+
+@pytest.fixture
+def course(tmp_path):
+    sol, nbs = tmp_path / "solutions", tmp_path / "notebooks"
+    sol.mkdir()
+    nbformat.write(tiny_solution(), sol / "00_tiny.ipynb")
+    build(solutions=sol, notebooks=nbs)
+    return sol / "00_tiny.ipynb", nbs / "00_tiny.ipynb"
+
+
+def test_exercise_version_stubs_solutions_and_clears_outputs():
+    ex = exercise_version(tiny_solution())
+    assert "return a + b" not in ex.cells[1].source
+    assert "raise NotImplementedError()" in ex.cells[1].source
+    assert ex.cells[2].source == CHECK  # checks are released unchanged
+    assert all(not c.get("outputs") for c in ex.cells if c.cell_type == "code")
+    assert ex.cells[2].metadata.nbgrader["points"] == 2
+
+
+def test_build_check_detects_stale_and_orphan_notebooks(course, tmp_path):
+    sol, ex = course
+    assert build(check=True, solutions=sol.parent, notebooks=ex.parent) == []
+    nb = nbformat.read(sol, as_version=4)
+    nb.cells[0].source = "# Tiny, edited"
+    nbformat.write(nb, sol)
+    assert build(check=True, solutions=sol.parent, notebooks=ex.parent) == [ex]
+    orphan = ex.parent / "99_old.ipynb"
+    nbformat.write(tiny_solution(), orphan)
+    assert orphan in build(check=True, solutions=sol.parent, notebooks=ex.parent)
+    build(solutions=sol.parent, notebooks=ex.parent)
+    assert not orphan.exists() and build(check=True, solutions=sol.parent, notebooks=ex.parent) == []
+
+
+def test_repository_notebooks_are_in_sync():
+    assert build(check=True) == [], "run `mikit build` and commit notebooks/"
+
+
+def test_grade_scores_solution_full_and_exercise_zero(course):
+    sol, ex = course
+    before = sol.read_text()
+    full = grade(sol, reference=ex)
+    assert (full.total, full.max_total) == (2, 2)
+    assert full.exercises["check_add"].message == "✓ add: correct."
+    zero = grade(ex, reference=ex)
+    assert zero.total == 0 and "NotImplementedError" in zero.exercises["check_add"].message
+    assert sol.read_text() == before  # the graded file is never modified
+
+
+def test_grade_resets_edited_checks_and_zeroes_deleted_ones(course, tmp_path):
+    sol, ex = course
+    cheat = nbformat.read(ex, as_version=4)
+    cheat.cells[2].source = "print('✓ trust me')"  # the stub still raises, but the check is gone
+    nbformat.write(cheat, tmp_path / "cheat.ipynb")
+    assert grade(tmp_path / "cheat.ipynb", reference=ex).total == 0
+    del cheat.cells[2]
+    nbformat.write(cheat, tmp_path / "deleted.ipynb")
+    report = grade(tmp_path / "deleted.ipynb", reference=ex)
+    assert report.total == 0 and "deleted" in report.exercises["check_add"].message
+
+
+def test_grade_json_has_the_documented_shape(course, capsys):
+    sol, ex = course
+    assert main(["grade", str(sol), "--reference", str(ex), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"total", "max_total", "exercises"}
+    assert out["exercises"]["check_add"] == {"points": 2.0, "max_points": 2.0, "message": "✓ add: correct."}
+
+
+def test_grade_bad_path_is_one_sentence(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist; expected a path to a .ipynb notebook"):
+        grade(tmp_path / "missing.ipynb")
+    (tmp_path / "text.ipynb").write_text("not json")
+    with pytest.raises(SystemExit, match="is not a readable Jupyter notebook"):
+        grade(tmp_path / "text.ipynb")
