@@ -52,8 +52,7 @@ def attention_explorer(
         out.clear_output(wait=True)
         with out:
             if head.value < 0:
-                names = [f"L{layer.value}H{h}" for h in range(n_heads)]
-                display(cv.attention.attention_patterns(list(str_tokens), patterns[layer.value], attention_head_names=names))
+                display(cv.attention.attention_patterns(list(str_tokens), patterns[layer.value]))
             else:
                 display(cv.attention.attention_pattern(list(str_tokens), patterns[layer.value, head.value]))
 

@@ -1,0 +1,27 @@
+"""Figure helpers: hover labels on head heatmaps, and the attention explorer's selectors."""
+
+import torch
+
+from mikit import viz
+
+
+def test_heads_heatmap_hover_names_each_head():
+    fig = viz.heads_heatmap(torch.rand(3, 5), "scores")
+    trace = fig.data[0]
+    assert trace.z.shape == (3, 5)
+    assert trace.customdata[2][4] == "L2H4" and "%{customdata}" in trace.hovertemplate
+    assert fig.layout.coloraxis.colorscale[0][1] != fig.layout.coloraxis.colorscale[-1][1]
+
+
+def test_heads_heatmap_diverges_around_zero_for_signed_scores():
+    fig = viz.heads_heatmap(torch.randn(2, 2), "effects")
+    assert fig.layout.coloraxis.cmid == 0.0
+
+
+def test_attention_explorer_selects_layer_and_head():
+    patterns = torch.rand(2, 3, 4, 4).softmax(-1)
+    box = viz.attention_explorer(["<bos>", "a", "b", "a"], patterns, "toy")
+    _, (layer, head), _ = box.children[0], box.children[1].children, box.children[2]
+    assert (layer.min, layer.max) == (0, 1)
+    assert [value for _, value in head.options] == [-1, 0, 1, 2]
+    layer.value, head.value = 1, 2  # re-renders without error
