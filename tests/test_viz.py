@@ -21,7 +21,10 @@ def test_heads_heatmap_diverges_around_zero_for_signed_scores():
 def test_attention_explorer_selects_layer_and_head():
     patterns = torch.rand(2, 3, 4, 4).softmax(-1)
     box = viz.attention_explorer(["<bos>", "a", "b", "a"], patterns, "toy")
-    _, (layer, head), _ = box.children[0], box.children[1].children, box.children[2]
+    (layer, head), image = box.children[0].children, box.children[1]
     assert (layer.min, layer.max) == (0, 1)
-    assert [value for _, value in head.options] == [-1, 0, 1, 2]
-    layer.value, head.value = 1, 2  # re-renders without error
+    assert [value for _, value in head.options] == [0, 1, 2]
+    first = image.value
+    assert first[:4] == b"\x89PNG"
+    layer.value, head.value = 1, 2
+    assert image.value != first  # the selection re-renders the picture

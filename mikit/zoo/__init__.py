@@ -11,8 +11,8 @@ from pathlib import Path
 
 from transformer_lens import HookedTransformer
 
-from mikit.zoo.metrics import induction_scores, previous_token_scores, repeated_random_tokens, repeated_sequence_losses
-from mikit.zoo.recipes import RECIPES, Recipe, train
+from mikit.zoo.metrics import induction_scores, previous_token_scores, repeated_sequence_losses
+from mikit.zoo.recipes import RECIPES, Recipe, held_out_text, train
 from mikit.zoo.storage import load_model_folder, read_config
 
 # The package is installed editable, so the shipped models sit in the repository's data/ folder.
@@ -45,13 +45,13 @@ __all__ = [
     "ZOO_DIR",
     "ZOO_MODELS",
     "Recipe",
+    "held_out_text",
     "induction_scores",
     "load_model_folder",
     "load_zoo_model",
     "model_folder",
     "previous_token_scores",
     "read_config",
-    "repeated_random_tokens",
     "repeated_sequence_losses",
     "train",
     "zoo_dir",

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from mikit.zoo import RECIPES, ZOO_MODELS, train, zoo_dir
+from mikit.zoo import RECIPES, ZOO_MODELS, read_config, train, zoo_dir
 
 
 def _list(args: argparse.Namespace) -> int:
+    """Print each zoo model, whether its files are in the zoo folder, and what it is."""
     for name, description in ZOO_MODELS.items():
         shipped = "shipped" if (zoo_dir() / name / "config.json").exists() else "not trained"
         print(f"{name:16} [{shipped}] {description}")
@@ -20,14 +21,16 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """Train a recipe, with any overrides from the command line, and print its final metrics."""
     overrides = {"steps": args.steps, "seed": args.seed, "batch_size": args.batch_size}
     recipe = dataclasses.replace(RECIPES[args.name], **{k: v for k, v in overrides.items() if v is not None})
     # The recipes are sized for, and their timings recorded on, a 2-core CPU.
     torch.set_num_threads(args.threads)
     out = args.out or zoo_dir() / args.name
-    config = train(recipe, out)
-    print(f"wrote {out} in {config['recipe']['train_seconds']} s")
-    print(json.dumps(config["recipe"]["metrics"], indent=2))
+    train(recipe, out)
+    record = read_config(out)["recipe"]
+    print(f"wrote {out} in {record['train_seconds']} s")
+    print(json.dumps(record["metrics"], indent=2))
     return 0
 
 

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import math
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
+import torch.utils.deterministic
 from jaxtyping import Int
 from pydoc_data.topics import topics
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
 
 from mikit.zoo.metrics import summarize
 from mikit.zoo.storage import build_model, save_model_folder
-from mikit.zoo.tokenizer import FIRST_CHAR_ID, VOCAB, build_char_tokenizer
+from mikit.zoo.tokenizer import BOS_TOKEN, FIRST_CHAR_ID, VOCAB, build_char_tokenizer, char_backend
 
 HELD_OUT_FRACTION = 0.05  # tail of the corpus kept out of training, for the text metrics
 
@@ -36,6 +40,7 @@ class Recipe:
     n_ctx: int
     attn_only: bool
     normalization_type: str
+    init_std: float
     # Training.
     steps: int
     batch_size: int
@@ -46,6 +51,7 @@ class Recipe:
     repeat_fraction: float  # share of each batch that is repeated random characters, the rest English text
     min_repeat_len: int
     max_repeat_len: int
+    eval_repeat_len: int  # length of r in the [BOS, r, r] sequences the final metrics use
     seed: int
 
     def hooked_config(self) -> dict:
@@ -61,6 +67,7 @@ class Recipe:
             "attn_only": self.attn_only,
             "normalization_type": self.normalization_type,
             "positional_embedding_type": "standard",
+            "initializer_range": self.init_std,
         }
 
 
@@ -70,21 +77,24 @@ RECIPES = {
         description="2-layer attention-only character model with induction heads (English text + repeated random characters).",
         n_layers=2,
         d_model=128,
-        n_heads=8,
-        d_head=16,
-        n_ctx=256,
+        n_heads=4,
+        d_head=32,
+        n_ctx=128,
         attn_only=True,
         # LNPre is the form TransformerLens folds LayerNorm into, so W_Q, W_K, W_OV read as trained.
         normalization_type="LNPre",
-        steps=600,
-        batch_size=16,
-        seq_len=256,
+        # Below TransformerLens's default (0.8 / sqrt(d_model) = 0.07): the induction plateau ends sooner.
+        init_std=0.02,
+        steps=1200,
+        batch_size=32,
+        seq_len=128,
         lr=3e-3,
         weight_decay=0.01,
         warmup_steps=50,
-        repeat_fraction=0.5,
+        repeat_fraction=0.75,
         min_repeat_len=8,
         max_repeat_len=64,
+        eval_repeat_len=50,
         seed=0,
     ),
 }
@@ -95,46 +105,72 @@ def corpus_text() -> str:
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
-def text_windows(corpus: Int[Tensor, "n"], batch: int, seq_len: int, gen: torch.Generator) -> Int[Tensor, "batch seq_len"]:
-    """Random windows of `corpus`, each after a BOS token."""
-    starts = torch.randint(0, len(corpus) - seq_len + 2, (batch, 1), generator=gen)
-    windows = corpus[starts + torch.arange(seq_len - 1)]
-    return torch.cat([torch.full((batch, 1), VOCAB["<|bos|>"]), windows], dim=1)
+@cache
+def corpus_tokens() -> tuple[Int[Tensor, "n_train"], Int[Tensor, "n_held_out"]]:
+    """The corpus as character tokens, split into training text and a held-out tail."""
+    tokens = torch.tensor(char_backend().encode(corpus_text(), add_special_tokens=False).ids)
+    n_train = int(len(tokens) * (1 - HELD_OUT_FRACTION))
+    return tokens[:n_train], tokens[n_train:]
 
 
-def repeated_rows(recipe: Recipe, batch: int, gen: torch.Generator) -> Int[Tensor, "batch seq_len"]:
-    """Random character strings of random lengths, each repeated until the row is full, after a BOS token."""
+def _with_bos(rows: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos_plus_1"]:
+    """`rows`, each after a BOS token."""
+    return torch.cat([torch.full((rows.shape[0], 1), VOCAB[BOS_TOKEN]), rows], dim=1)
+
+
+def held_out_text(batch: int = 16, seq_len: int = 128) -> Int[Tensor, "batch seq_len"]:
+    """`batch` evenly spaced windows of held-out text, each `seq_len` tokens with the BOS."""
+    text = corpus_tokens()[1]
+    starts = torch.linspace(0, len(text) - seq_len + 1, batch).long()[:, None]
+    return _with_bos(text[starts + torch.arange(seq_len - 1)])
+
+
+def _random_text_rows(text: Int[Tensor, "n"], batch: int, seq_len: int, gen: torch.Generator) -> Int[Tensor, "batch seq_len"]:
+    """Random windows of `text`, each `seq_len` tokens with the BOS."""
+    starts = torch.randint(0, len(text) - seq_len + 2, (batch, 1), generator=gen)
+    return _with_bos(text[starts + torch.arange(seq_len - 1)])
+
+
+def _repeated_rows(recipe: Recipe, batch: int, gen: torch.Generator) -> Int[Tensor, "batch seq_len"]:
+    """Random character strings of random lengths, each repeated to fill a row of `recipe.seq_len` with the BOS."""
     lengths = torch.randint(recipe.min_repeat_len, recipe.max_repeat_len + 1, (batch, 1), generator=gen)
     strings = torch.randint(FIRST_CHAR_ID, len(VOCAB), (batch, recipe.max_repeat_len), generator=gen)
-    rows = strings.gather(1, torch.arange(recipe.seq_len - 1) % lengths)
-    return torch.cat([torch.full((batch, 1), VOCAB["<|bos|>"]), rows], dim=1)
-
-
-def held_out_text(corpus: Int[Tensor, "n"], batch: int, seq_len: int) -> Int[Tensor, "batch seq_len"]:
-    """`batch` evenly spaced windows of held-out text, each after a BOS token."""
-    starts = torch.linspace(0, len(corpus) - seq_len + 1, batch).long()[:, None]
-    windows = corpus[starts + torch.arange(seq_len - 1)]
-    return torch.cat([torch.full((batch, 1), VOCAB["<|bos|>"]), windows], dim=1)
+    return _with_bos(strings.gather(1, torch.arange(recipe.seq_len - 1) % lengths))
 
 
 def _lr_factor(recipe: Recipe, step: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak learning rate."""
+    """Linear warm-up, a constant peak, then a linear decay to a tenth over the last fifth of training."""
+    # A long constant phase gets through the plateau before induction heads, then sharpens them.
     if step < recipe.warmup_steps:
         return (step + 1) / recipe.warmup_steps
-    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+    decay_start = 0.8 * recipe.steps
+    if step < decay_start:
+        return 1.0
+    return 1.0 - 0.9 * (step - decay_start) / (recipe.steps - decay_start)
 
 
-def train(recipe: Recipe, out: Path, progress: bool = True) -> dict:
-    """Train `recipe` from scratch, write the model folder `out`, and return the config written there."""
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    """Deterministic kernels while inside, so a seed reproduces a run exactly on the same machine and threads."""
+    # Without this, the multithreaded embedding gradient sums in a varying order, and the
+    # chaotic early training can then pick a different head to become the induction head.
+    saved = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # costs time and we never read uninitialised memory
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[1]
+
+
+def train(recipe: Recipe, out: Path, progress: bool = True) -> HookedTransformer:
+    """Train `recipe` from scratch, write the model folder `out`, and return the model in eval mode."""
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_char_tokenizer(model_max_length=recipe.n_ctx)
     # Saved first so the model gets its tokenizer from the folder, exactly as loading will.
-    tokenizer.save_pretrained(str(out))
-    corpus = torch.tensor(tokenizer.backend_tokenizer.encode(corpus_text(), add_special_tokens=False).ids)
-    n_train = int(len(corpus) * (1 - HELD_OUT_FRACTION))
-    train_text, eval_text = corpus[:n_train], corpus[n_train:]
+    build_char_tokenizer(model_max_length=recipe.n_ctx).save_pretrained(str(out))
+    train_text = corpus_tokens()[0]
 
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.hooked_config(), out)
@@ -145,21 +181,22 @@ def train(recipe: Recipe, out: Path, progress: bool = True) -> dict:
 
     model.train()
     bar = tqdm(range(recipe.steps), desc=f"training {recipe.name}", disable=not progress)
-    for step in bar:
-        tokens = torch.cat([
-            text_windows(train_text, recipe.batch_size - n_repeat, recipe.seq_len, gen),
-            repeated_rows(recipe, n_repeat, gen),
-        ])
-        loss = model(tokens, return_type="loss")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 10 == 0 or step == recipe.steps - 1:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+    with _deterministic():
+        for step in bar:
+            tokens = torch.cat([
+                _random_text_rows(train_text, recipe.batch_size - n_repeat, recipe.seq_len, gen),
+                _repeated_rows(recipe, n_repeat, gen),
+            ])
+            loss = model(tokens, return_type="loss")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if step % 10 == 0 or step == recipe.steps - 1:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
 
-    metrics = summarize(model, held_out_text(eval_text, batch=16, seq_len=recipe.n_ctx))
+    metrics = summarize(model, held_out_text(seq_len=recipe.seq_len), seq_len=recipe.eval_repeat_len)
     config = {
         "name": recipe.name,
         "description": recipe.description,
@@ -183,4 +220,4 @@ def train(recipe: Recipe, out: Path, progress: bool = True) -> dict:
         },
     }
     save_model_folder(model, out, config)
-    return config
+    return model

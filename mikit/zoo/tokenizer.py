@@ -14,8 +14,8 @@ VOCAB = {BOS_TOKEN: 0, UNK_TOKEN: 1, **{char: i + 2 for i, char in enumerate(CHA
 FIRST_CHAR_ID = 2  # ids below this are special tokens, never drawn as random characters
 
 
-def build_char_tokenizer(model_max_length: int) -> PreTrainedTokenizerFast:
-    """A fast tokenizer over `VOCAB` that prepends BOS and decodes without adding spaces."""
+def char_backend() -> Tokenizer:
+    """The `tokenizers` pipeline over `VOCAB`: one token per character, BOS first, decoded without spaces."""
     backend = Tokenizer(models.WordLevel(VOCAB, unk_token=UNK_TOKEN))
     # `[\s\S]` matches every character, newline included, so each becomes its own "word".
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
@@ -23,9 +23,14 @@ def build_char_tokenizer(model_max_length: int) -> PreTrainedTokenizerFast:
     backend.post_processor = processors.TemplateProcessing(
         single=f"{BOS_TOKEN} $A", pair=f"{BOS_TOKEN} $A $B", special_tokens=[(BOS_TOKEN, VOCAB[BOS_TOKEN])]
     )
+    return backend
+
+
+def build_char_tokenizer(model_max_length: int) -> PreTrainedTokenizerFast:
+    """`char_backend` as a Hugging Face tokenizer, which is what TransformerLens takes."""
     # BOS doubles as EOS and padding, as in GPT-2, so TransformerLens invents no token outside the vocab.
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+        tokenizer_object=char_backend(),
         bos_token=BOS_TOKEN,
         eos_token=BOS_TOKEN,
         pad_token=BOS_TOKEN,
