@@ -30,7 +30,9 @@ def heads_heatmap(
         customdata=[[f"L{layer}H{head}" for head in range(n_heads)] for layer in range(n_layers)],
         hovertemplate="%{customdata}: %{z:.3f}<extra></extra>",
     )
-    fig.update_layout(height=max(250, 22 * n_layers + 120), width=max(350, 45 * n_heads + 200))
+    fig.update_xaxes(dtick=1)
+    fig.update_yaxes(dtick=1 if n_layers <= 16 else 2)
+    fig.update_layout(height=max(320, 22 * n_layers + 140), width=max(420, 45 * n_heads + 220))
     return fig
 
 
