@@ -1,0 +1,1 @@
+"""Prompt datasets for the course's circuits: `mikit.datasets.ioi` builds indirect-object-identification prompts."""
