@@ -33,7 +33,7 @@ def data(lm):
 
 def test_head_dla_matches_a_hand_computation(lm, data):
     ds, _ = data
-    with torch.inference_mode():
+    with torch.no_grad():
         _, cache = lm.run_with_cache(ds.tokens)
     dla = ioi.head_dla(cache, lm, ds)
     batch, end = torch.arange(len(ds)), ds.word_idx["END"]
@@ -70,7 +70,7 @@ def test_a_twenty_head_circuit_keeps_most_of_the_logit_diff(lm, data):
 
 def test_template_means_need_a_matching_corruption(lm, data):
     ds, abc = data
-    with torch.inference_mode():
+    with torch.no_grad():
         _, cache = lm.run_with_cache(abc.tokens, names_filter=lambda name: name.endswith("hook_z"))
     other = IOIDataset(lm, n_prompts=4, seed=5, templates=["Afterwards [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to"])
     with pytest.raises(ValueError, match="no corrupted prompt has"):
