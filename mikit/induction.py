@@ -152,15 +152,6 @@ def composition_score(W_A: Float[Tensor, "d_in d_mid"], W_B: Float[Tensor, "d_mi
     return (torch.linalg.matrix_norm(W_A @ W_B) / (torch.linalg.matrix_norm(W_A) * torch.linalg.matrix_norm(W_B))).item()
 
 
-def k_composition_scores(model: HookedTransformer) -> Float[Tensor, "head0 head1"]:
-    """K-composition of every layer-0 head's OV circuit into every layer-1 head's keys."""
-    W_OV = model.W_V[0] @ model.W_O[0]  # (head0, d_model, d_model)
-    W_QK = model.W_Q[1] @ model.W_K[1].transpose(-1, -2)  # (head1, d_model, d_model)
-    return torch.tensor(
-        [[composition_score(W_OV[a], W_QK[b].T) for b in range(model.cfg.n_heads)] for a in range(model.cfg.n_heads)]
-    )
-
-
 def top_heads(scores: Float[Tensor, "layer head"], k: int) -> list[tuple[int, int]]:
     """The `k` (layer, head) pairs with the largest scores, largest first."""
     flat = scores.flatten().topk(k).indices

@@ -5,7 +5,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # everything here must work without the Hugging Face hub
 
 import dataclasses
-import time
 
 import pytest
 import torch
@@ -53,10 +52,8 @@ def test_shipped_folder_holds_no_pickles_and_records_its_recipe():
     assert record["metrics"]["induction_score"] >= 0.8 and record["metrics"]["prev_token_score"] >= 0.7
 
 
-def test_load_is_quick_and_ready_for_analysis():
-    start = time.perf_counter()
+def test_load_is_ready_for_analysis():
     model = load_zoo_model(NAME)
-    assert time.perf_counter() - start < 2.0
     assert not model.training and model.cfg.device == "cpu" and model.cfg.attn_only
 
 
