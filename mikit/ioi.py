@@ -1,19 +1,23 @@
 """Indirect object identification (notebook 02): reference implementations the checks compare against.
 
-Direct logit attribution of heads onto the IO − S direction, attention from END to the
-names, and the faithfulness of a circuit: mean-ablate every head outside it (means taken on
-the ABC-corrupted prompts of the same template) and report the logit difference it keeps.
+Direct logit attribution onto the IO − S direction, attention between the name positions, head
+classes from that evidence, activation patching of layers and heads (batched: one forward pass
+per layer, every head of the layer in one batch), path patching into receiver heads' queries,
+and the faithfulness of a circuit: mean-ablate every head outside it (means taken on the
+ABC-corrupted prompts of the same template) and report the logit difference it keeps.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.utilities import get_act_name
 
 from mikit.datasets.ioi import IOIDataset, logit_diff
 
@@ -29,19 +33,191 @@ def logit_diff_directions(model: HookedTransformer, ds: IOIDataset) -> Float[Ten
     return (model.W_U[:, ds.io_tokens] - model.W_U[:, ds.s_tokens]).T
 
 
+def at_end(stack: Float[Tensor, "... batch pos d_model"], ds: IOIDataset) -> Float[Tensor, "... batch d_model"]:
+    """Each prompt's row of `stack` at its own END position (prompts differ in length)."""
+    batch = torch.arange(len(ds), device=stack.device)
+    return stack[..., batch, ds.word_idx["END"].to(stack.device), :]
+
+
+def head_results_at_end(cache: ActivationCache, model: HookedTransformer, ds: IOIDataset) -> Float[Tensor, "component batch d_model"]:
+    """Every head's output (z @ W_O) at END, layer-major: component = layer * n_heads + head."""
+    batch = torch.arange(len(ds), device=model.W_O.device)
+    end = ds.word_idx["END"].to(model.W_O.device)
+    z = torch.stack([cache["z", layer][batch, end] for layer in range(model.cfg.n_layers)])  # (layer, batch, head, d_head)
+    return torch.einsum("lbhe,lhed->lhbd", z, model.W_O).flatten(0, 1)
+
+
+def residual_stack_to_logit_diff(
+    stack: Float[Tensor, "component batch d_model"], cache: ActivationCache, model: HookedTransformer, ds: IOIDataset
+) -> Float[Tensor, "component"]:
+    """Each component's direct effect on the mean logit difference: components at END, final-norm scale applied."""
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        stack = stack - stack.mean(-1, keepdim=True)
+    scale = at_end(cache["ln_final.hook_scale"], ds)  # (batch, 1): the norm of the full residual stream
+    return torch.einsum("cbd,bd->c", stack / scale, logit_diff_directions(model, ds)) / len(ds)
+
+
 def head_dla(cache: ActivationCache, model: HookedTransformer, ds: IOIDataset) -> Float[Tensor, "layer head"]:
-    """Each head's direct contribution to the logit difference at END (final layer norm's scale applied)."""
-    results = cache.stack_head_results(layer=-1, apply_ln=True)  # (layer*head, batch, pos, d_model)
-    batch = torch.arange(len(ds), device=results.device)
-    at_end = results[:, batch, ds.word_idx["END"]]  # (layer*head, batch, d_model)
-    dla = torch.einsum("cbd,bd->cb", at_end, logit_diff_directions(model, ds)).mean(-1)
+    """Each head's direct contribution to the logit difference at END."""
+    dla = residual_stack_to_logit_diff(head_results_at_end(cache, model, ds), cache, model, ds)
     return dla.view(model.cfg.n_layers, model.cfg.n_heads)
 
 
-def attention_to(pattern: Float[Tensor, "batch head q k"], ds: IOIDataset, word: str) -> Float[Tensor, "head"]:
-    """Mean attention from END to the position of `word` ("IO", "S1", "S2", …), per head."""
+def attention_between(
+    pattern: Float[Tensor, "batch head q k"], ds: IOIDataset, query: str, key: str
+) -> Float[Tensor, "head"]:
+    """Mean attention from the position of `query` to that of `key` ("IO", "S1", "S2", "END", "S1+1"), per head."""
     batch = torch.arange(len(ds), device=pattern.device)
-    return pattern[batch, :, ds.word_idx["END"], ds.word_idx[word]].mean(0)
+    return pattern[batch, :, ds.word_idx[query].to(pattern.device), ds.word_idx[key].to(pattern.device)].mean(0)
+
+
+def attention_to(pattern: Float[Tensor, "batch head q k"], ds: IOIDataset, word: str) -> Float[Tensor, "head"]:
+    """Mean attention from END to the position of `word`, per head."""
+    return attention_between(pattern, ds, "END", word)
+
+
+HEAD_CLASSES = ("name mover", "negative name mover", "S suppressor", "S mover", "other")
+MIN_NAME_ATTENTION = 0.1  # below this to both names, a head's effect does not come from reading a name
+
+
+def classify_heads(
+    dla: Float[Tensor, "layer head"],
+    attn_io: Float[Tensor, "layer head"],
+    attn_s: Float[Tensor, "layer head"],
+    threshold: float,
+) -> dict[str, list[Head]]:
+    """Sort the heads whose |DLA| ≥ threshold by the name they attend to from END and the sign of their effect.
+
+    Attending to IO and raising IO − S: copies IO (name mover); lowering it: suppresses IO (negative
+    name mover). Attending to S and raising IO − S: suppresses S; lowering it: copies S. Attending
+    to neither name (< MIN_NAME_ATTENTION to both): other.
+    """
+    classes: dict[str, list[Head]] = {name: [] for name in HEAD_CLASSES}
+    for layer, head in (dla.abs() >= threshold).nonzero().tolist():
+        if max(attn_io[layer, head], attn_s[layer, head]) < MIN_NAME_ATTENTION:
+            classes["other"].append((layer, head))
+            continue
+        to_io = bool(attn_io[layer, head] >= attn_s[layer, head])
+        raises = bool(dla[layer, head] > 0)
+        name = {(True, True): "name mover", (True, False): "negative name mover",
+                (False, True): "S suppressor", (False, False): "S mover"}[to_io, raises]
+        classes[name].append((layer, head))
+    for heads in classes.values():
+        heads.sort(key=lambda lh: -abs(float(dla[lh])))
+    return classes
+
+
+def normalised_logit_diff(
+    patched: Float[Tensor, "..."] | float, clean: float, corrupted: float
+) -> Float[Tensor, "..."] | float:
+    """0 where the patched run is as bad as the corrupted one, 1 where it is as good as the clean one."""
+    return (patched - corrupted) / (clean - corrupted)
+
+
+def patch_head_hook(
+    z: Float[Tensor, "batch pos head d_head"], hook: HookPoint, head: int, clean_z: Float[Tensor, "batch pos head d_head"]
+) -> Float[Tensor, "batch pos head d_head"]:
+    """Replace one head's output `z` (all positions) with its value in the clean run."""
+    z[:, :, head] = clean_z[:, :, head]
+    return z
+
+
+def _end_logit_diff(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], ds: IOIDataset) -> Tensor:
+    """Logit difference from the final residual stream, unembedding only END and only the two names."""
+    batch = torch.arange(resid.shape[0], device=resid.device) % len(ds)
+    end = model.ln_final(resid[torch.arange(resid.shape[0]), ds.word_idx["END"].to(resid.device)[batch]])
+    return torch.einsum("bd,bd->b", end, logit_diff_directions(model, ds)[batch])
+
+
+def _patched_runs(
+    model: HookedTransformer, ds: IOIDataset, corrupted_cache: ActivationCache, layer: int,
+    patches: Sequence[Callable[[Tensor], Tensor]],
+) -> Float[Tensor, "patch"]:
+    """Mean logit diff of the corrupted run with each patch applied to layer's `z`, all patches in one batch."""
+    n = len(ds)
+    resid = corrupted_cache["resid_pre", layer].repeat(len(patches), 1, 1)
+
+    def apply(z: Tensor, hook: HookPoint) -> Tensor:
+        for i, patch in enumerate(patches):
+            z[i * n : (i + 1) * n] = patch(z[i * n : (i + 1) * n], hook)
+        return z
+
+    with torch.inference_mode():
+        final = model.run_with_hooks(
+            resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers, fwd_hooks=[(get_act_name("z", layer), apply)]
+        )
+    return _end_logit_diff(model, final, ds).view(len(patches), n).mean(-1)
+
+
+def layer_patching(
+    model: HookedTransformer, ds: IOIDataset, clean_cache: ActivationCache, corrupted_cache: ActivationCache,
+) -> Float[Tensor, "layer"]:
+    """Mean logit diff when all heads of one layer get their clean output in the corrupted run, per layer."""
+    def whole_layer(z: Tensor, hook: HookPoint) -> Tensor:
+        return clean_cache[hook.name].clone()
+
+    return torch.stack([_patched_runs(model, ds, corrupted_cache, layer, [whole_layer])[0] for layer in range(model.cfg.n_layers)])
+
+
+def head_patching(
+    model: HookedTransformer, ds: IOIDataset, clean_cache: ActivationCache, corrupted_cache: ActivationCache,
+    layers: Iterable[int], hook: Callable = patch_head_hook,
+) -> Float[Tensor, "layer head"]:
+    """Mean logit diff when one head gets its clean output in the corrupted run (NaN for layers not swept).
+
+    `hook(z, hook_point, head, clean_z)` patches one head, so a student's hook can drive the sweep.
+    """
+    results = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+    for layer in layers:
+        clean_z = clean_cache["z", layer]
+        patches = [lambda z, hp, h=h: hook(z, hp, h, clean_z) for h in range(model.cfg.n_heads)]
+        results[layer] = _patched_runs(model, ds, corrupted_cache, layer, patches).cpu()
+    return results
+
+
+def path_patch_to_queries(
+    model: HookedTransformer, ds: IOIDataset, clean_cache: ActivationCache, corrupted_cache: ActivationCache,
+    senders: Sequence[Head], receivers: Sequence[Head],
+) -> float:
+    """Mean logit diff when the senders' corrupted outputs reach the receivers' queries and nothing else.
+
+    Run 1: the clean run with every head frozen to its clean output except the senders, which take
+    their corrupted one (MLPs recompute); keep the receivers' queries. Run 2: the clean run with
+    only the receivers' queries replaced by those.
+    """
+    first, last = min(layer for layer, _ in senders), max(layer for layer, _ in receivers)
+    if first >= min(layer for layer, _ in receivers):
+        raise ValueError("every sender must sit in an earlier layer than every receiver.")
+    sender_set = set(senders)
+
+    def freeze(z: Tensor, hook: HookPoint) -> Tensor:
+        z = clean_cache[hook.name].clone()
+        for head in range(model.cfg.n_heads):
+            if (hook.layer(), head) in sender_set:
+                z[:, :, head] = corrupted_cache[hook.name][:, :, head]
+        return z
+
+    queries: dict[str, Tensor] = {}
+    receiver_layers = sorted({layer for layer, _ in receivers})
+    with torch.inference_mode():
+        model.run_with_hooks(
+            clean_cache["resid_pre", first], start_at_layer=first, stop_at_layer=last + 1,
+            fwd_hooks=[(lambda name: name.endswith("hook_z"), freeze)]
+            + [(get_act_name("q", layer), lambda q, hook: queries.__setitem__(hook.name, q.clone())) for layer in receiver_layers],
+        )
+
+        def patch_queries(q: Tensor, hook: HookPoint) -> Tensor:
+            for layer, head in receivers:
+                if layer == hook.layer():
+                    q[:, :, head] = queries[hook.name][:, :, head]
+            return q
+
+        start = receiver_layers[0]
+        final = model.run_with_hooks(
+            clean_cache["resid_pre", start], start_at_layer=start, stop_at_layer=model.cfg.n_layers,
+            fwd_hooks=[(get_act_name("q", layer), patch_queries) for layer in receiver_layers],
+        )
+    return _end_logit_diff(model, final, ds).mean().item()
 
 
 def template_means(corrupted_cache: ActivationCache, corrupted: IOIDataset, ds: IOIDataset) -> dict[str, Tensor]:
@@ -59,22 +235,24 @@ def template_means(corrupted_cache: ActivationCache, corrupted: IOIDataset, ds: 
     return {name: torch.stack([corrupted_cache[name][idx].mean(0) for idx in rows]) for name in names}
 
 
+def mean_ablate_outside(
+    z: Float[Tensor, "batch pos head d_head"], hook: HookPoint, circuit: Iterable[Head], means: dict[str, Tensor]
+) -> Float[Tensor, "batch pos head d_head"]:
+    """Replace the output of every head of this layer that is not in `circuit` with its mean."""
+    outside = torch.ones(z.shape[2], dtype=torch.bool, device=z.device)
+    outside[[head for layer, head in circuit if layer == hook.layer()]] = False
+    z[:, :, outside] = means[hook.name][:, :, outside].to(z.dtype)
+    return z
+
+
 def circuit_logit_diff(
-    model: HookedTransformer, ds: IOIDataset, circuit: Iterable[Head], means: dict[str, Tensor]
+    model: HookedTransformer, ds: IOIDataset, circuit: Iterable[Head], means: dict[str, Tensor],
+    ablate: Callable = mean_ablate_outside,
 ) -> float:
     """Mean logit difference when every head outside `circuit` is replaced by its template mean."""
-    keep = defaultdict(list)
-    for layer, head in circuit:
-        keep[layer].append(head)
-
-    def ablate_outside(z: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:
-        outside = torch.ones(model.cfg.n_heads, dtype=torch.bool, device=z.device)
-        outside[keep[hook.layer()]] = False
-        z[:, :, outside] = means[hook.name][:, :, outside]
-        return z
-
+    circuit = list(circuit)
     with torch.inference_mode():
-        logits = model.run_with_hooks(ds.tokens, fwd_hooks=[(_is_z, ablate_outside)])
+        logits = model.run_with_hooks(ds.tokens, fwd_hooks=[(_is_z, lambda z, hook: ablate(z, hook, circuit, means))])
     return logit_diff(logits, ds).mean().item()
 
 

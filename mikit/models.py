@@ -28,6 +28,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, 
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The cache's folder name changes whenever its contents change, so an old cache is never read.
+SMOLLM2_CACHE = "smollm2-135m-folded"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "hooked_transformer_config.json"
 
@@ -133,7 +135,9 @@ def _smollm2_config(hf_config: PretrainedConfig) -> dict:
         "d_vocab": hf_config.vocab_size,
         "act_fn": hf_config.hidden_act,
         "gated_mlp": True,
-        "normalization_type": "RMS",
+        # RMSNorm weights folded into the next weights (as TransformerLens's from_pretrained does): the
+        # norms only divide by a scale, so direct logit attribution is component / scale @ W_U.
+        "normalization_type": "RMSPre",
         "final_rms": True,
         "positional_embedding_type": "rotary",
         "rotary_dim": hf_config.head_dim,
@@ -148,11 +152,13 @@ def _write_smollm2_cache(folder: Path) -> None:
     print(f"Converting {SMOLLM2} from its GGUF file, once (about a minute); later loads use {folder}.")
     hf_model, tokenizer = load_hf_smollm2()
     config = _smollm2_config(hf_model.config)
-    # W_U is a transposed view of the tied embedding; safetensors wants contiguous tensors.
-    state = {
-        key: tensor.detach().contiguous()
-        for key, tensor in convert_llama_weights(hf_model, HookedTransformerConfig(**config, device="cpu")).items()
-    }
+    unfolded = HookedTransformerConfig(**dict(config, normalization_type="RMS"), device="cpu", init_weights=False)
+    state = HookedTransformer(unfolded).fold_layer_norm(
+        convert_llama_weights(hf_model, unfolded), fold_biases=False, center_weights=False
+    )
+    # W_U was a transposed view of the tied embedding; safetensors wants contiguous tensors.
+    folded_norms = (".ln1.w", ".ln2.w", "ln_final.w")
+    state = {key: tensor.detach().contiguous() for key, tensor in state.items() if not key.endswith(folded_norms)}
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Written in a scratch folder renamed at the end, so a crash never leaves a half-written cache.
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -171,7 +177,7 @@ def _write_smollm2_cache(folder: Path) -> None:
 
 def _load_smollm2(device: str) -> HookedTransformer:
     """SmolLM2 from the cache, converting the GGUF into the cache first if needed."""
-    folder = cache_dir() / SMOLLM2
+    folder = cache_dir() / SMOLLM2_CACHE
     if not folder.exists():
         _write_smollm2_cache(folder)
     config = json.loads((folder / CONFIG_FILE).read_text())

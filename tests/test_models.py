@@ -68,7 +68,7 @@ def test_smollm2_cache_is_atomic_safe_and_fast(tmp_path, monkeypatch, hf_smollm2
     first = models.load_model("smollm2-135m", device="cpu")
     print(f"\nSmolLM2 conversion from the loaded HF model, into an empty cache: {time.perf_counter() - start:.1f} s")
 
-    folder = tmp_path / models.SMOLLM2
+    folder = tmp_path / models.SMOLLM2_CACHE
     assert list(tmp_path.iterdir()) == [folder]
     files = {path.name: path for path in folder.iterdir()}
     assert {models.WEIGHTS_FILE, models.CONFIG_FILE, "tokenizer.json"} <= files.keys()

@@ -28,3 +28,13 @@ def test_attention_explorer_selects_layer_and_head():
     assert first[:4] == b"\x89PNG"
     layer.value, head.value = 1, 2
     assert image.value != first  # the selection re-renders the picture
+
+
+def test_circuit_diagram_puts_each_class_in_its_own_column():
+    classes = {"duplicate token": [(3, 0), (0, 1)], "S-inhibition": [], "name mover": [(9, 9)]}
+    fig = viz.circuit_diagram(classes)
+    # empty classes are dropped; the logits close the diagram
+    assert [trace.name for trace in fig.data] == ["duplicate token", "name mover", "logits"]
+    assert list(fig.data[0].text) == ["L3H0", "L0H1"] and set(fig.data[0].x) == {0}
+    arrows = [a for a in fig.layout.annotations if a.showarrow]
+    assert len(arrows) == 2 * 1 + 1 * 1  # every box of one column feeds every box of the next

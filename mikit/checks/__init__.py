@@ -50,6 +50,16 @@ def expect_tensor(value: Any, name: str, shape: Sequence[int] | None = None, dim
     return value.detach().float().cpu()
 
 
+def expect_number(value: Any, name: str) -> float:
+    """Return `value` as a float if it is one number (a Python number or a one-element tensor)."""
+    __tracebackhide__ = True
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return float(value.item())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise CheckFailed(f"`{name}` should return a single number, but returned a {type(value).__name__}.")
+
+
 def expect_close(
     got: Tensor, want: Tensor, name: str, atol: float = 1e-4, rtol: float = 1e-3, hint: str = ""
 ) -> None:

@@ -9,20 +9,11 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mikit import induction as ref
-from mikit.checks import CheckFailed, call_student, expect_close, expect_tensor, passed
+from mikit.checks import CheckFailed, call_student, expect_close, expect_number, expect_tensor, passed
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _as_float(value: object, name: str) -> float:
-    __tracebackhide__ = True
-    if isinstance(value, Tensor) and value.numel() == 1:
-        return float(value.item())
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise CheckFailed(f"`{name}` should return a single number, but returned a {type(value).__name__}.")
 
 
 def _random_patterns(batch: int, heads: int, pos: int, seed: int) -> Tensor:
@@ -37,7 +28,7 @@ def count_correct_predictions(fn: Callable, model: HookedTransformer) -> None:
     __tracebackhide__ = True
     texts = ["The cat sat on the mat. The cat sat on the mat.", "one two three four five six seven eight"]
     for text in texts:
-        got = _as_float(call_student(fn, "count_correct_predictions", model, text), "count_correct_predictions")
+        got = expect_number(call_student(fn, "count_correct_predictions", model, text), "count_correct_predictions")
         want = ref.count_correct_predictions(model, text)
         if got != want:
             n = model.to_tokens(text).shape[1]
@@ -166,7 +157,7 @@ def ov_copying_score(fn: Callable, model: HookedTransformer) -> None:
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
             args = (model.W_E, model.W_V[layer, head], model.W_O[layer, head], model.W_U)
-            got = _as_float(call_student(fn, name, *args), name)
+            got = expect_number(call_student(fn, name, *args), name)
             want = ref.ov_copying_score(*args)
             if abs(got - want) > 1e-6:
                 raise CheckFailed(
@@ -184,7 +175,7 @@ def composition_score(fn: Callable) -> None:
     W_A = torch.randn(12, 7, generator=_gen(9))
     W_B = torch.randn(7, 12, generator=_gen(10))
     W_B[:, :6] *= 5  # uneven singular values, so spectral and Frobenius norms disagree
-    got = _as_float(call_student(fn, name, W_A, W_B), name)
+    got = expect_number(call_student(fn, name, W_A, W_B), name)
     want = ref.composition_score(W_A, W_B)
     if abs(got - want) > 1e-4:
         raise CheckFailed(

@@ -92,3 +92,31 @@ def attention_explorer(
 def stack_patterns(cache, n_layers: int, batch_index: int = 0) -> Float[Tensor, "layer head q k"]:
     """All layers' attention patterns for one sequence of a TransformerLens cache."""
     return torch.stack([cache["pattern", layer][batch_index] for layer in range(n_layers)])
+
+
+def circuit_diagram(classes: dict[str, Sequence[tuple[int, int]]], title: str = "circuit") -> go.Figure:
+    """Heads as boxes in columns, one column per class in the order given, read left to right into the logits."""
+    columns = [(name, list(heads)) for name, heads in classes.items() if heads] + [("logits", [])]
+    fig = go.Figure()
+    positions: list[list[tuple[float, float]]] = []
+    for x, (name, heads) in enumerate(columns):
+        labels = [f"L{layer}H{head}" for layer, head in heads] or ["IO − S"]
+        ys = [(len(labels) - 1) / 2 - i for i in range(len(labels))]
+        positions.append([(x, y) for y in ys])
+        fig.add_trace(go.Scatter(
+            x=[x] * len(labels), y=ys, mode="markers+text", text=labels, textposition="middle center",
+            marker=dict(size=46, symbol="square", color=px.colors.qualitative.Pastel[x % 10], line=dict(width=1)),
+            hovertext=[f"{name}: {label}" for label in labels], hoverinfo="text", name=name,
+        ))
+        fig.add_annotation(x=x, y=max(ys) + 0.9, text=f"<b>{name}</b>", showarrow=False)
+    for left, right in zip(positions, positions[1:]):
+        for x0, y0 in left:
+            for x1, y1 in right:
+                fig.add_annotation(x=x1 - 0.18, y=y1, ax=x0 + 0.18, ay=y0, xref="x", yref="y", axref="x", ayref="y",
+                                   showarrow=True, arrowhead=2, arrowwidth=0.6, arrowcolor="rgba(90,90,90,0.35)")
+    tallest = max(len(p) for p in positions)
+    fig.update_xaxes(visible=False, range=[-0.6, len(columns) - 0.4])
+    fig.update_yaxes(visible=False, range=[-tallest / 2 - 0.3, tallest / 2 + 0.6])
+    fig.update_layout(title=title, showlegend=False, height=110 + 60 * tallest, width=170 * len(columns) + 80,
+                      plot_bgcolor="white")
+    return fig

@@ -27,4 +27,7 @@ def test_exercise_notebook_scores_zero(name):
     report = grade(NOTEBOOKS / name)
     assert report.max_total > 0
     assert report.total == 0, {gid: g.message for gid, g in report.exercises.items() if g.points}
-    assert all("NotImplementedError" in g.message for g in report.exercises.values())
+    # A stub's own check names the stub; a check that needs an earlier exercise's result names what is missing.
+    messages = {gid: g.message for gid, g in report.exercises.items()}
+    assert all("NotImplementedError" in m or "is not defined" in m for m in messages.values()), messages
+    assert sum("NotImplementedError" in m for m in messages.values()) >= len(messages) / 2, messages

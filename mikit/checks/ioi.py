@@ -1,0 +1,289 @@
+"""Checks for notebook 02 (indirect object identification): each compares a student function with `mikit.ioi`.
+
+Checks that need the model build their own small dataset (8 prompts of 4 templates, so prompts
+differ in length and right padding sits where a careless `[-1]` would read it).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor
+from transformer_lens import ActivationCache, HookedTransformer
+from transformer_lens.hook_points import HookPoint
+
+from mikit import ioi as ref
+from mikit.checks import CheckFailed, call_student, expect_close, expect_number, expect_tensor, passed
+from mikit.datasets.ioi import IOIDataset
+
+Head = tuple[int, int]
+
+# Wang et al. 2022, GPT-2 small (layer, head).
+PAPER_HEADS: dict[str, list[Head]] = {
+    "name mover": [(9, 9), (9, 6), (10, 0)],
+    "negative name mover": [(10, 7), (11, 10)],
+    "S-inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)],
+    "induction": [(5, 5), (5, 8), (5, 9), (6, 9)],
+    "duplicate token": [(0, 1), (0, 10), (3, 0)],
+    "previous token": [(2, 2), (4, 11)],
+}
+MAX_CIRCUIT = 20
+MIN_FAITHFULNESS = 0.6
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _check_data(model: HookedTransformer) -> tuple[IOIDataset, IOIDataset]:
+    ds = IOIDataset(model, n_prompts=8, seed=3)
+    return ds, ds.corrupted("ABC")
+
+
+def _caches(model: HookedTransformer, ds: IOIDataset, abc: IOIDataset) -> tuple[ActivationCache, ActivationCache]:
+    # no_grad, not inference_mode: a student's code may use these tensors with autograd on.
+    with torch.no_grad():
+        _, clean = model.run_with_cache(ds.tokens)
+        _, corrupted = model.run_with_cache(abc.tokens)
+    return clean, corrupted
+
+
+def _hook(layer: int) -> HookPoint:
+    hook = HookPoint()
+    hook.name = f"blocks.{layer}.attn.hook_z"
+    return hook
+
+
+def logit_diff(fn: Callable, model: HookedTransformer) -> None:
+    """Exercise 1: logit of IO minus logit of S at END, per prompt."""
+    __tracebackhide__ = True
+    name = "logit_diff"
+    ds, _ = _check_data(model)
+    logits = torch.randn(len(ds), ds.tokens.shape[1], model.cfg.d_vocab, generator=_gen(0))
+    got = expect_tensor(call_student(fn, name, logits, ds), name, (len(ds),), "batch")
+    want = ref.logit_diff(logits, ds)
+    batch = torch.arange(len(ds))
+    at_last = logits[batch, -1, ds.io_tokens] - logits[batch, -1, ds.s_tokens]
+    if torch.allclose(got, at_last, atol=1e-4) and not torch.allclose(got, want, atol=1e-4):
+        raise CheckFailed(
+            "you read the logits at the last position, but prompts are right-padded: read each prompt's "
+            "END position, ds.word_idx['END']"
+        )
+    if torch.allclose(got, -want, atol=1e-4):
+        raise CheckFailed("your sign is flipped: the logit difference is IO minus S (ds.io_tokens − ds.s_tokens)")
+    expect_close(got, want, name, hint="take the raw logits (not probabilities) of ds.io_tokens and ds.s_tokens at END")
+    passed(name)
+
+
+def residual_stack_to_logit_diff(fn: Callable, model: HookedTransformer) -> None:
+    """Exercise 2: direct effect of residual components on the logit difference."""
+    __tracebackhide__ = True
+    name = "residual_stack_to_logit_diff"
+    ds, _ = _check_data(model)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ds.tokens)
+    stack = ref.at_end(cache.accumulated_resid(layer=-1), ds)
+    got = expect_tensor(call_student(fn, name, stack, cache, model, ds), name, (stack.shape[0],), "component")
+    want = ref.residual_stack_to_logit_diff(stack, cache, model, ds)
+    unscaled = torch.einsum("cbd,bd->c", stack, ref.logit_diff_directions(model, ds)) / len(ds)
+    if torch.allclose(got, unscaled, rtol=1e-3, atol=1e-3):
+        raise CheckFailed(
+            "the logits see the residual stream after the final norm: divide each component by the norm's scale "
+            "at END, cache['ln_final.hook_scale'] (the scale of the whole stream, not of each component)"
+        )
+    if torch.allclose(got, want * len(ds), rtol=1e-3, atol=1e-3):
+        raise CheckFailed("you summed over prompts: return the mean over the batch")
+    expect_close(
+        got, want, name, atol=1e-3, rtol=1e-3,
+        hint="divide by the final norm's scale at each prompt's END (not at position -1) and project onto "
+        "W_U[:, io] − W_U[:, s]; the last component should equal the mean logit difference",
+    )
+    passed(name, f"accumulated residual stream ends at {want[-1]:.2f}, the model's logit difference")
+
+
+def attention_between(fn: Callable, model: HookedTransformer) -> None:
+    """Exercise 3: mean attention from one word's position to another's."""
+    __tracebackhide__ = True
+    name = "attention_between"
+    ds, _ = _check_data(model)
+    pos, heads = ds.tokens.shape[1], 5
+    scores = torch.randn(len(ds), heads, pos, pos, generator=_gen(1)) * 3
+    pattern = scores.masked_fill(torch.ones(pos, pos).triu(1).bool(), float("-inf")).softmax(-1)
+    for query, key in (("END", "IO"), ("END", "S2"), ("S2", "S1"), ("S2", "S1+1")):
+        got = expect_tensor(call_student(fn, name, pattern, ds, query, key), name, (heads,), "head")
+        want = ref.attention_between(pattern, ds, query, key)
+        flipped = ref.attention_between(pattern.transpose(-1, -2), ds, query, key)
+        if torch.allclose(got, flipped, atol=1e-5) and not torch.allclose(got, want, atol=1e-5):
+            raise CheckFailed(
+                "you swapped query and key: a pattern is indexed [batch, head, query_pos, key_pos], and the "
+                f"query ({query}) is the position attention comes from"
+            )
+        expect_close(
+            got, want, f"{name}({query!r}, {key!r})", atol=1e-5,
+            hint="for each prompt take pattern[b, :, word_idx[query][b], word_idx[key][b]], then average over prompts",
+        )
+    passed(name)
+
+
+def _as_classes(value: object, name: str) -> dict[str, set[Head]]:
+    __tracebackhide__ = True
+    if not isinstance(value, dict) or set(value) != set(ref.HEAD_CLASSES):
+        raise CheckFailed(f"`{name}` should return a dict with the keys {list(ref.HEAD_CLASSES)}.")
+    try:
+        return {key: {(int(layer), int(head)) for layer, head in heads} for key, heads in value.items()}
+    except (TypeError, ValueError):
+        raise CheckFailed(f"`{name}` should map each class to a list of (layer, head) pairs.") from None
+
+
+def classify_heads(fn: Callable, dla: Tensor, attn_io: Tensor, attn_s: Tensor, threshold: float) -> None:
+    """Exercise 4: head classes from DLA sign and END attention."""
+    __tracebackhide__ = True
+    name = "classify_heads"
+    # A synthetic case first: every class, a head under the threshold, heads attending to neither name.
+    synthetic = (
+        torch.tensor([[0.8, -0.6, 0.05, 0.4], [0.5, -0.9, -0.3, 0.25]]),
+        torch.tensor([[0.7, 0.6, 0.9, 0.12], [0.1, 0.05, 0.0, 0.02]]),
+        torch.tensor([[0.1, 0.2, 0.0, 0.08], [0.6, 0.5, 0.01, 0.03]]),
+        0.2,
+    )
+    for args in (synthetic, (dla.float().cpu(), attn_io.float().cpu(), attn_s.float().cpu(), threshold)):
+        got = _as_classes(call_student(fn, name, *args), name)
+        want = {key: set(heads) for key, heads in ref.classify_heads(*args).items()}
+        for key in ref.HEAD_CLASSES:
+            if got[key] != want[key]:
+                missing, extra = sorted(want[key] - got[key]), sorted(got[key] - want[key])
+                raise CheckFailed(
+                    f"class {key!r}: missing {missing}, should not contain {extra}; a head with |DLA| ≥ threshold "
+                    f"is 'other' if it attends less than {ref.MIN_NAME_ATTENTION} to both names, else its class "
+                    "follows the name it attends to more from END and the sign of its DLA"
+                )
+    passed(name)
+
+
+def paper_comparison(found: dict[str, Iterable[Head]], model_name: str) -> None:
+    """Compare the heads found in GPT-2 small with Wang et al.; on other models, list the classes found."""
+    __tracebackhide__ = True
+    found = {key: [tuple(head) for head in heads] for key, heads in found.items()}
+    fmt = lambda heads: ", ".join(f"{layer}.{head}" for layer, head in heads) or "—"  # noqa: E731
+    if model_name != "gpt2-small":
+        for key, heads in found.items():
+            print(f"{key:>20}: {fmt(heads)}")
+        print(f"({model_name} has no published IOI circuit: these classes are your finding.)")
+        return
+    for key, paper in PAPER_HEADS.items():
+        mine = found.get(key, [])
+        print(f"{key:>20}: paper {fmt(paper):<22} yours {fmt(mine):<22} shared {len(set(paper) & set(mine))}")
+    for key in ("name mover", "S-inhibition"):
+        if len(set(PAPER_HEADS[key]) & set(found.get(key, []))) < 2:
+            raise CheckFailed(
+                f"your {key} heads {fmt(found.get(key, []))} share fewer than 2 with the paper's "
+                f"{fmt(PAPER_HEADS[key])}: revisit the evidence for that class"
+            )
+    passed("paper_comparison", "your analysis recovers the paper's name movers and S-inhibition heads")
+
+
+def normalised_logit_diff(fn: Callable) -> None:
+    """Exercise 5: 0 = corrupted, 1 = clean."""
+    __tracebackhide__ = True
+    name = "normalised_logit_diff"
+    clean, corrupted = 4.0, 0.5
+    patched = torch.tensor([0.5, 4.0, 2.25, -1.0])
+    got = expect_tensor(call_student(fn, name, patched, clean, corrupted), name, (4,))
+    want = ref.normalised_logit_diff(patched, clean, corrupted)
+    if not torch.allclose(got, want, atol=1e-6):
+        raise CheckFailed(
+            f"for clean {clean}, corrupted {corrupted} and patched {patched.tolist()} you gave {got.tolist()}, "
+            f"expected {want.tolist()}: the corrupted logit diff maps to 0 and the clean one to 1"
+        )
+    passed(name)
+
+
+def patch_head_hook(fn: Callable) -> None:
+    """Exercise 6: a hook that gives one head its clean output."""
+    __tracebackhide__ = True
+    name = "patch_head_hook"
+    z = torch.randn(3, 5, 4, 6, generator=_gen(2))
+    clean_z = torch.randn(3, 5, 4, 6, generator=_gen(3))
+    for head in (0, 2):
+        patched = z.clone()
+        out = call_student(fn, name, patched, _hook(1), head, clean_z)
+        got = expect_tensor(patched if out is None else out, name, z.shape, "batch pos head d_head")
+        want = ref.patch_head_hook(z.clone(), _hook(1), head, clean_z)
+        others = [h for h in range(4) if h != head]
+        if not torch.equal(got[:, :, others], z[:, :, others]):
+            raise CheckFailed(f"`{name}` changed heads other than head {head}: patch index 2 of z (the head axis) only")
+        expect_close(got, want, name, atol=0, rtol=0, hint="copy the clean output of that head at every prompt and position")
+    passed(name)
+
+
+def path_patch_to_queries(
+    fn: Callable, model: HookedTransformer, senders: list[Head], receivers: list[Head]
+) -> None:
+    """Exercise 7: path patching from sender heads to receiver heads' queries."""
+    __tracebackhide__ = True
+    name = "path_patch_to_queries"
+    ds, abc = _check_data(model)
+    clean, corrupted = _caches(model, ds, abc)
+    args = (model, ds, clean, corrupted, list(senders), list(receivers))
+    got = expect_number(call_student(fn, name, *args), name)
+    want = ref.path_patch_to_queries(*args)
+    if abs(got - want) > 1e-3 * max(1.0, abs(want)):
+        raise CheckFailed(
+            f"`{name}` gave a mean logit diff of {got:.4f} for senders {senders} → receivers' queries, expected "
+            f"{want:.4f}; freeze every head at its clean output except the senders (corrupted), record the "
+            "receivers' hook_q in that run, and patch only those heads' queries into a clean run"
+        )
+    passed(name)
+
+
+def mean_ablate_outside(fn: Callable) -> None:
+    """Exercise 8: mean-ablate every head of a layer that is not in the circuit."""
+    __tracebackhide__ = True
+    name = "mean_ablate_outside"
+    circuit = [(1, 0), (1, 3), (2, 1)]
+    means = {
+        f"blocks.{layer}.attn.hook_z": torch.randn(3, 5, 4, 6, generator=_gen(10 + layer)) for layer in range(3)
+    }
+    for layer in range(3):
+        z = torch.randn(3, 5, 4, 6, generator=_gen(4 + layer))
+        out = call_student(fn, name, z.clone(), _hook(layer), circuit, means)
+        got = expect_tensor(z.clone() if out is None else out, name, z.shape, "batch pos head d_head")
+        want = ref.mean_ablate_outside(z.clone(), _hook(layer), circuit, means)
+        kept = [head for l, head in circuit if l == layer]
+        if kept and not torch.equal(got[:, :, kept], z[:, :, kept]):
+            raise CheckFailed(
+                f"in layer {layer} you changed circuit heads {kept}: heads in the circuit keep their own output"
+            )
+        expect_close(
+            got, want, f"{name} (layer {layer})", atol=0, rtol=0,
+            hint="replace every head of this layer not in the circuit by means[hook.name] for that head; use "
+            "hook.layer() to know which circuit heads belong to this layer",
+        )
+    passed(name)
+
+
+def circuit(heads: object, model: HookedTransformer, n_prompts: int = 40, seed: int = 1) -> float:
+    """Exercise 9: a circuit of at most 20 heads that keeps ≥ 60 % of the logit difference on unseen prompts."""
+    __tracebackhide__ = True
+    try:
+        heads = [(int(layer), int(head)) for layer, head in heads]
+    except (TypeError, ValueError):
+        raise CheckFailed("`circuit` should be a list of (layer, head) pairs of ints") from None
+    bad = [h for h in heads if not (0 <= h[0] < model.cfg.n_layers and 0 <= h[1] < model.cfg.n_heads)]
+    if bad:
+        raise CheckFailed(
+            f"{bad} are not heads of this model ({model.cfg.n_layers} layers × {model.cfg.n_heads} heads)"
+        )
+    heads = sorted(set(heads))
+    if len(heads) > MAX_CIRCUIT:
+        raise CheckFailed(f"your circuit has {len(heads)} heads; keep at most {MAX_CIRCUIT}")
+    ds = IOIDataset(model, n_prompts=n_prompts, seed=seed)
+    kept = ref.faithfulness(model, ds, heads, ds.corrupted("ABC"))
+    if kept < MIN_FAITHFULNESS:
+        raise CheckFailed(
+            f"your {len(heads)}-head circuit keeps {kept:.0%} of the logit difference on unseen prompts "
+            f"(seed {seed}); at least {MIN_FAITHFULNESS:.0%} is needed: which class of heads is missing?"
+        )
+    passed("circuit", f"{len(heads)} heads keep {kept:.0%} of the logit difference on unseen prompts")
+    return kept
