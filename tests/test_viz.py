@@ -1,5 +1,6 @@
 """Figure helpers: hover labels on head heatmaps, and the attention explorer's selectors."""
 
+import pytest
 import torch
 
 from mikit import viz
@@ -38,3 +39,10 @@ def test_circuit_diagram_puts_each_class_in_its_own_column():
     assert list(fig.data[0].text) == ["L3H0", "L0H1"] and set(fig.data[0].x) == {0}
     arrows = [a for a in fig.layout.annotations if a.showarrow]
     assert len(arrows) == 2 * 1 + 1 * 1  # every box of one column feeds every box of the next
+
+
+def test_heads_heatmap_of_a_subset_of_layers_names_them():
+    fig = viz.heads_heatmap(torch.rand(2, 3), "swept layers", layers=[23, 29])
+    assert list(fig.data[0].y) == ["23", "29"] and fig.data[0].customdata[1][2] == "L29H2"
+    with pytest.raises(ValueError, match="names 1 rows"):
+        viz.heads_heatmap(torch.rand(2, 3), "bad", layers=[23])

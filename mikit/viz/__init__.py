@@ -12,22 +12,27 @@ from torch import Tensor
 
 
 def heads_heatmap(
-    scores: Float[Tensor, "layer head"], title: str, zmid: float | None = None, label: str = "score"
+    scores: Float[Tensor, "layer head"], title: str, zmid: float | None = None, label: str = "score",
+    layers: Sequence[int] | None = None,
 ) -> go.Figure:
-    """Layer × head heatmap; hover shows `L{layer}H{head}` and the score."""
+    """Layer × head heatmap; hover shows `L{layer}H{head}` and the score. `layers` names the rows of a subset."""
     scores = scores.detach().float().cpu()
+    n_layers, n_heads = scores.shape
+    layers = list(range(n_layers)) if layers is None else list(layers)
+    if len(layers) != n_layers:
+        raise ValueError(f"layers names {len(layers)} rows, but scores has {n_layers}.")
     diverging = zmid is not None or bool((scores < 0).any())
     fig = px.imshow(
         scores.numpy(),
+        y=[str(layer) for layer in layers],
         labels={"x": "head", "y": "layer", "color": label},
         color_continuous_scale="RdBu" if diverging else "Blues",
         color_continuous_midpoint=(zmid if zmid is not None else 0.0) if diverging else None,
         aspect="auto",
         title=title,
     )
-    n_layers, n_heads = scores.shape
     fig.update_traces(
-        customdata=[[f"L{layer}H{head}" for head in range(n_heads)] for layer in range(n_layers)],
+        customdata=[[f"L{layer}H{head}" for head in range(n_heads)] for layer in layers],
         hovertemplate="%{customdata}: %{z:.3f}<extra></extra>",
     )
     fig.update_xaxes(dtick=1)
