@@ -1,0 +1,178 @@
+"""Activation patching, batched: many patches per forward pass, each pass starting at the patched layer.
+
+    result = patch_head_out(model, clean_tokens, corrupted_tokens, metric, by_position=True)
+    # (layer, pos, head): metric of the corrupted run with that one head output taken from the clean run
+
+Every sweep runs the *target* prompts (the corrupted ones when denoising, the clean ones when
+noising) with one activation index replaced by its value in the *source* run. It agrees with
+`transformer_lens.patching` number for number, and it is faster for two reasons:
+
+- **batching**: up to `batch_size` rows (prompts × patches) go through the model at once, each
+  copy of the prompts carrying a different patch;
+- **starting late**: a patch at layer L changes nothing before L, so the pass starts at L from the
+  target run's cached `resid_pre` (`model(resid, start_at_layer=L)`).
+
+`layers=[...]` restricts a sweep (the other layers' results are NaN), for coarse-to-fine searches.
+`metric(logits)` maps the logits of one copy of the target prompts, `(batch, pos, d_vocab)`, to a
+scalar, as in TransformerLens. Prompts must share their padding-free length or be right-padded
+(no attention mask is applied).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Literal, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import ActivationCache, HookedTransformer
+from transformer_lens.utilities import get_act_name
+
+Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
+Direction = Literal["denoise", "noise"]
+Index = tuple  # indexes an activation after its batch axis: (pos,), (slice(None), head), ...
+
+DIRECTIONS = ("denoise", "noise")
+
+
+def normalised_metric(value: Tensor | float, clean: float, corrupted: float) -> Tensor | float:
+    """0 where `value` equals the corrupted run's metric, 1 where it equals the clean run's."""
+    if clean == corrupted:
+        raise ValueError("the clean and corrupted metrics are equal, so there is nothing to normalise against.")
+    return (value - corrupted) / (clean - corrupted)
+
+
+def _runs(
+    model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, direction: str, activation: str
+) -> tuple[Tensor, ActivationCache, ActivationCache]:
+    """The target tokens, the target run's resid_pre cache and the source run's cache of `activation`."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'denoise' (clean into corrupted) or 'noise' (corrupted into clean), not {direction!r}.")
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise ValueError(
+            f"clean and corrupted tokens must have the same shape, not {tuple(clean_tokens.shape)} and "
+            f"{tuple(corrupted_tokens.shape)}: patching swaps activations position by position."
+        )
+    target, source = (corrupted_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupted_tokens)
+    with torch.inference_mode():
+        _, target_cache = model.run_with_cache(target, names_filter=lambda name: name.endswith("hook_resid_pre"))
+        _, source_cache = model.run_with_cache(source, names_filter=lambda name: name.endswith(f"hook_{activation}"))
+    return target, target_cache, source_cache
+
+
+def run_patches(
+    model: HookedTransformer,
+    target_cache: ActivationCache,
+    source_cache: ActivationCache,
+    metric: Metric,
+    patches: Sequence[tuple[str, Index]],
+    batch_size: int = 256,
+    progress: bool = True,
+) -> Float[Tensor, "patch"]:
+    """The metric of the target run with each patch `(hook_name, index)` applied alone, in batches.
+
+    A patch copies `source_cache[hook_name][:, *index]` into the target run's activation.
+    """
+    n_prompts = target_cache["resid_pre", 0].shape[0]
+    per_pass = max(1, batch_size // n_prompts)
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    for i, (name, _) in enumerate(patches):
+        by_layer[int(name.split(".")[1]) if name.startswith("blocks.") else 0].append(i)
+    chunks = [(layer, ids[i : i + per_pass]) for layer, ids in sorted(by_layer.items()) for i in range(0, len(ids), per_pass)]
+    results = torch.empty(len(patches))
+    for layer, ids in tqdm(chunks, desc="patching", disable=not progress, leave=False):
+        hooks: dict[str, list[tuple[int, Index]]] = defaultdict(list)
+        for copy, i in enumerate(ids):
+            name, index = patches[i]
+            hooks[name].append((copy, index))
+
+        def patch(activation: Tensor, hook) -> Tensor:
+            source = source_cache[hook.name]
+            for copy, index in hooks[hook.name]:
+                rows = slice(copy * n_prompts, (copy + 1) * n_prompts)
+                activation[(rows, *index)] = source[(slice(None), *index)]
+            return activation
+
+        resid = target_cache["resid_pre", layer].repeat(len(ids), 1, 1)
+        with torch.inference_mode():
+            logits = model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[(name, patch) for name in hooks])
+        for copy, i in enumerate(ids):
+            results[i] = metric(logits[copy * n_prompts : (copy + 1) * n_prompts]).item()
+    return results
+
+
+def _sweep(
+    model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Metric, activation: str,
+    axes: dict[str, int], index_of: Callable[..., Index], direction: str, batch_size: int, progress: bool,
+    layers: Sequence[int] | None,
+) -> Tensor:
+    """Patch every index of `activation` in `layers` (default all); one result axis per entry of `axes`, NaN elsewhere."""
+    n_layers = axes["layer"]
+    layers = range(n_layers) if layers is None else sorted(set(layers))
+    if not all(isinstance(layer, int) and 0 <= layer < n_layers for layer in layers):
+        raise ValueError(f"layers must be layer numbers from 0 to {n_layers - 1}, not {list(layers)}.")
+    _, target_cache, source_cache = _runs(model, clean_tokens, corrupted_tokens, direction, activation)
+    sizes = list(axes.values())
+    grid = torch.cartesian_prod(torch.tensor(list(layers)), *[torch.arange(size) for size in sizes[1:]])
+    grid = grid.view(-1, len(axes)).tolist()
+    patches = [(get_act_name(activation, cell[0]), index_of(*cell[1:])) for cell in grid]
+    results = torch.full(sizes, float("nan"))
+    results[list(layers)] = run_patches(model, target_cache, source_cache, metric, patches, batch_size, progress).view(
+        len(layers), *sizes[1:]
+    )
+    return results
+
+
+def patch_residual(
+    model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric, component: Literal["resid_pre", "attn_out", "mlp_out"] = "resid_pre",
+    direction: Direction = "denoise", batch_size: int = 256, progress: bool = True, layers: Sequence[int] | None = None,
+) -> Float[Tensor, "layer pos"]:
+    """Patch one residual-stream component (`resid_pre`, `attn_out` or `mlp_out`) at one layer and position."""
+    if component not in ("resid_pre", "attn_out", "mlp_out"):
+        raise ValueError(f"component must be 'resid_pre', 'attn_out' or 'mlp_out', not {component!r}.")
+    axes = {"layer": model.cfg.n_layers, "pos": clean_tokens.shape[1]}
+    return _sweep(model, clean_tokens, corrupted_tokens, metric, component, axes, lambda pos: (pos,),
+                  direction, batch_size, progress, layers)
+
+
+def patch_head_out(
+    model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric, by_position: bool = False, direction: Direction = "denoise", batch_size: int = 256,
+    progress: bool = True, layers: Sequence[int] | None = None,
+) -> Float[Tensor, "layer head"] | Float[Tensor, "layer pos head"]:
+    """Patch one head's output (`hook_z`) at all positions, or at one position with `by_position=True`."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if by_position:
+        axes = {"layer": n_layers, "pos": clean_tokens.shape[1], "head": n_heads}
+        return _sweep(model, clean_tokens, corrupted_tokens, metric, "z", axes, lambda pos, head: (pos, head),
+                      direction, batch_size, progress, layers)
+    axes = {"layer": n_layers, "head": n_heads}
+    return _sweep(model, clean_tokens, corrupted_tokens, metric, "z", axes, lambda head: (slice(None), head),
+                  direction, batch_size, progress, layers)
+
+
+def patch_head_pattern(
+    model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric, direction: Direction = "denoise", batch_size: int = 256, progress: bool = True,
+    layers: Sequence[int] | None = None,
+) -> Float[Tensor, "layer head"]:
+    """Patch one head's attention pattern (`hook_pattern`, all queries and keys)."""
+    axes = {"layer": model.cfg.n_layers, "head": model.cfg.n_heads}
+    return _sweep(model, clean_tokens, corrupted_tokens, metric, "pattern", axes, lambda head: (head,),
+                  direction, batch_size, progress, layers)
+
+
+def patch_head_values(
+    model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric, direction: Direction = "denoise", batch_size: int = 256, progress: bool = True,
+    layers: Sequence[int] | None = None,
+) -> Float[Tensor, "layer kv_head"]:
+    """Patch one value head (`hook_v`, all positions); grouped-query models have fewer value heads than heads."""
+    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+    axes = {"layer": model.cfg.n_layers, "head": n_kv}
+    return _sweep(model, clean_tokens, corrupted_tokens, metric, "v", axes, lambda head: (slice(None), head),
+                  direction, batch_size, progress, layers)
+
