@@ -12,6 +12,12 @@ noising) with one activation index replaced by its value in the *source* run. It
 - **starting late**: a patch at layer L changes nothing before L, so the pass starts at L from the
   target run's cached `resid_pre` (`model(resid, start_at_layer=L)`).
 
+Two backends run the same patches: `backend="tl"` (TransformerLens hooks, the default) and
+`backend="nnsight"` (an nnsight trace over the same model). `remote=True` hands the trace to
+NDIF, where large models are hosted; NDIF runs Hugging Face models wrapped as nnsight
+`LanguageModel`s, not a local HookedTransformer, so that path needs network, an NDIF key and such
+a model (untested here: CI has no network).
+
 `layers=[...]` restricts a sweep (the other layers' results are NaN), for coarse-to-fine searches.
 `metric(logits)` maps the logits of one copy of the target prompts, `(batch, pos, d_vocab)`, to a
 scalar, as in TransformerLens. Prompts must share their padding-free length or be right-padded
@@ -30,6 +36,7 @@ from tqdm.auto import tqdm
 from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
+Backend = Literal["tl", "nnsight"]
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
 Direction = Literal["denoise", "noise"]
 Index = tuple  # indexes an activation after its batch axis: (pos,), (slice(None), head), ...
@@ -62,6 +69,40 @@ def _runs(
     return target, target_cache, source_cache
 
 
+def _module(root, hook_name: str):
+    """The submodule at a dotted hook name, e.g. `blocks.3.attn.hook_z`, of a model or its nnsight wrapper."""
+    for part in hook_name.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+def _forward(
+    model: HookedTransformer, resid: Tensor, layer: int, patches: dict[str, list[tuple[slice, Index]]],
+    source_cache: ActivationCache, backend: str, remote: bool,
+) -> Tensor:
+    """Logits of a run from `layer` on `resid` with each `(rows, index)` of each hook copied from the source."""
+    if backend == "tl":
+        def patch(activation: Tensor, hook) -> Tensor:
+            for rows, index in patches[hook.name]:
+                activation[(rows, *index)] = source_cache[hook.name][(slice(None), *index)]
+            return activation
+
+        with torch.inference_mode():
+            return model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[(name, patch) for name in patches])
+    from nnsight import NNsight
+
+    traced = NNsight(model)
+    # A local NNsight wrapper takes no `remote` argument; only pass it when asked to run remotely.
+    with torch.inference_mode(), traced.trace(resid, start_at_layer=layer, **({"remote": True} if remote else {})):
+        # nnsight needs modules touched in execution order: by layer, then in the order given.
+        for name in sorted(patches, key=lambda name: int(name.split(".")[1])):
+            activation = _module(traced, name).output
+            for rows, index in patches[name]:
+                activation[(rows, *index)] = source_cache[name][(slice(None), *index)]
+        logits = traced.output.save()
+    return logits
+
+
 def run_patches(
     model: HookedTransformer,
     target_cache: ActivationCache,
@@ -70,34 +111,31 @@ def run_patches(
     patches: Sequence[tuple[str, Index]],
     batch_size: int = 256,
     progress: bool = True,
+    backend: Backend = "tl",
+    remote: bool = False,
 ) -> Float[Tensor, "patch"]:
     """The metric of the target run with each patch `(hook_name, index)` applied alone, in batches.
 
     A patch copies `source_cache[hook_name][:, *index]` into the target run's activation.
     """
+    if backend not in ("tl", "nnsight"):
+        raise ValueError(f"backend must be 'tl' or 'nnsight', not {backend!r}.")
+    if remote and backend != "nnsight":
+        raise ValueError("remote=True runs on NDIF through nnsight: pass backend='nnsight' as well.")
     n_prompts = target_cache["resid_pre", 0].shape[0]
     per_pass = max(1, batch_size // n_prompts)
     by_layer: dict[int, list[int]] = defaultdict(list)
     for i, (name, _) in enumerate(patches):
-        by_layer[int(name.split(".")[1]) if name.startswith("blocks.") else 0].append(i)
+        by_layer[int(name.split(".")[1])].append(i)
     chunks = [(layer, ids[i : i + per_pass]) for layer, ids in sorted(by_layer.items()) for i in range(0, len(ids), per_pass)]
     results = torch.empty(len(patches))
     for layer, ids in tqdm(chunks, desc="patching", disable=not progress, leave=False):
-        hooks: dict[str, list[tuple[int, Index]]] = defaultdict(list)
+        hooks: dict[str, list[tuple[slice, Index]]] = defaultdict(list)
         for copy, i in enumerate(ids):
             name, index = patches[i]
-            hooks[name].append((copy, index))
-
-        def patch(activation: Tensor, hook) -> Tensor:
-            source = source_cache[hook.name]
-            for copy, index in hooks[hook.name]:
-                rows = slice(copy * n_prompts, (copy + 1) * n_prompts)
-                activation[(rows, *index)] = source[(slice(None), *index)]
-            return activation
-
+            hooks[name].append((slice(copy * n_prompts, (copy + 1) * n_prompts), index))
         resid = target_cache["resid_pre", layer].repeat(len(ids), 1, 1)
-        with torch.inference_mode():
-            logits = model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[(name, patch) for name in hooks])
+        logits = _forward(model, resid, layer, hooks, source_cache, backend, remote)
         for copy, i in enumerate(ids):
             results[i] = metric(logits[copy * n_prompts : (copy + 1) * n_prompts]).item()
     return results
@@ -106,7 +144,7 @@ def run_patches(
 def _sweep(
     model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Metric, activation: str,
     axes: dict[str, int], index_of: Callable[..., Index], direction: str, batch_size: int, progress: bool,
-    layers: Sequence[int] | None,
+    layers: Sequence[int] | None, backend: Backend = "tl", remote: bool = False,
 ) -> Tensor:
     """Patch every index of `activation` in `layers` (default all); one result axis per entry of `axes`, NaN elsewhere."""
     n_layers = axes["layer"]
@@ -119,7 +157,9 @@ def _sweep(
     grid = grid.view(-1, len(axes)).tolist()
     patches = [(get_act_name(activation, cell[0]), index_of(*cell[1:])) for cell in grid]
     results = torch.full(sizes, float("nan"))
-    results[list(layers)] = run_patches(model, target_cache, source_cache, metric, patches, batch_size, progress).view(
+    results[list(layers)] = run_patches(
+        model, target_cache, source_cache, metric, patches, batch_size, progress, backend, remote
+    ).view(
         len(layers), *sizes[1:]
     )
     return results
@@ -129,50 +169,54 @@ def patch_residual(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric, component: Literal["resid_pre", "attn_out", "mlp_out"] = "resid_pre",
     direction: Direction = "denoise", batch_size: int = 256, progress: bool = True, layers: Sequence[int] | None = None,
+    backend: Backend = "tl", remote: bool = False,
 ) -> Float[Tensor, "layer pos"]:
     """Patch one residual-stream component (`resid_pre`, `attn_out` or `mlp_out`) at one layer and position."""
     if component not in ("resid_pre", "attn_out", "mlp_out"):
         raise ValueError(f"component must be 'resid_pre', 'attn_out' or 'mlp_out', not {component!r}.")
     axes = {"layer": model.cfg.n_layers, "pos": clean_tokens.shape[1]}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, component, axes, lambda pos: (pos,),
-                  direction, batch_size, progress, layers)
+                  direction, batch_size, progress, layers, backend, remote)
 
 
 def patch_head_out(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric, by_position: bool = False, direction: Direction = "denoise", batch_size: int = 256,
     progress: bool = True, layers: Sequence[int] | None = None,
+    backend: Backend = "tl", remote: bool = False,
 ) -> Float[Tensor, "layer head"] | Float[Tensor, "layer pos head"]:
     """Patch one head's output (`hook_z`) at all positions, or at one position with `by_position=True`."""
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if by_position:
         axes = {"layer": n_layers, "pos": clean_tokens.shape[1], "head": n_heads}
         return _sweep(model, clean_tokens, corrupted_tokens, metric, "z", axes, lambda pos, head: (pos, head),
-                      direction, batch_size, progress, layers)
+                      direction, batch_size, progress, layers, backend, remote)
     axes = {"layer": n_layers, "head": n_heads}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, "z", axes, lambda head: (slice(None), head),
-                  direction, batch_size, progress, layers)
+                  direction, batch_size, progress, layers, backend, remote)
 
 
 def patch_head_pattern(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric, direction: Direction = "denoise", batch_size: int = 256, progress: bool = True,
     layers: Sequence[int] | None = None,
+    backend: Backend = "tl", remote: bool = False,
 ) -> Float[Tensor, "layer head"]:
     """Patch one head's attention pattern (`hook_pattern`, all queries and keys)."""
     axes = {"layer": model.cfg.n_layers, "head": model.cfg.n_heads}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, "pattern", axes, lambda head: (head,),
-                  direction, batch_size, progress, layers)
+                  direction, batch_size, progress, layers, backend, remote)
 
 
 def patch_head_values(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric, direction: Direction = "denoise", batch_size: int = 256, progress: bool = True,
     layers: Sequence[int] | None = None,
+    backend: Backend = "tl", remote: bool = False,
 ) -> Float[Tensor, "layer kv_head"]:
     """Patch one value head (`hook_v`, all positions); grouped-query models have fewer value heads than heads."""
     n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
     axes = {"layer": model.cfg.n_layers, "head": n_kv}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, "v", axes, lambda head: (slice(None), head),
-                  direction, batch_size, progress, layers)
+                  direction, batch_size, progress, layers, backend, remote)
 

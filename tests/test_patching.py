@@ -130,3 +130,42 @@ def test_a_sweep_restricted_to_some_layers(model, tokens):
     torch.testing.assert_close(some[[0, 2]], full[[0, 2]], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="layers must be layer numbers from 0 to 2"):
         patching.patch_head_out(model, clean, corrupted, metric, layers=[3])
+
+
+@pytest.mark.parametrize("name,ours,peer", PEERS[::3] + PEERS[4:5], ids=[p[0] for p in PEERS[::3] + PEERS[4:5]])
+def test_nnsight_backend_gives_the_same_numbers(model, tokens, name, ours, peer):
+    clean, corrupted = tokens
+    sweep = {"resid_pre": lambda **kw: patching.patch_residual(model, clean, corrupted, metric, "resid_pre", **kw),
+             "head out": lambda **kw: patching.patch_head_out(model, clean, corrupted, metric, **kw),
+             "head out by pos": lambda **kw: patching.patch_head_out(model, clean, corrupted, metric, by_position=True, **kw),
+             "values": lambda **kw: patching.patch_head_values(model, clean, corrupted, metric, **kw)}[name]
+    tl = sweep(progress=False)
+    nnsight = sweep(progress=False, backend="nnsight", batch_size=7)
+    torch.testing.assert_close(nnsight, tl, atol=1e-4, rtol=0)
+
+
+def test_remote_reaches_the_nnsight_trace(model, tokens, monkeypatch):
+    import nnsight
+
+    calls = []
+
+    class Recorded(Exception):
+        pass
+
+    class FakeNNsight:
+        def __init__(self, module):
+            self.module = module
+
+        def trace(self, *args, **kwargs):
+            calls.append(kwargs)
+            raise Recorded
+
+    monkeypatch.setattr(nnsight, "NNsight", FakeNNsight)
+    clean, corrupted = tokens
+    with pytest.raises(Recorded):
+        patching.patch_head_out(model, clean, corrupted, metric, backend="nnsight", remote=True, progress=False)
+    assert calls[0]["remote"] is True and calls[0]["start_at_layer"] == 0
+    with pytest.raises(ValueError, match="backend='nnsight'"):
+        patching.patch_head_out(model, clean, corrupted, metric, remote=True)
+    with pytest.raises(ValueError, match="backend must be"):
+        patching.patch_head_out(model, clean, corrupted, metric, backend="pyvene")
