@@ -220,3 +220,38 @@ def patch_head_values(
     return _sweep(model, clean_tokens, corrupted_tokens, metric, "v", axes, lambda head: (slice(None), head),
                   direction, batch_size, progress, layers, backend, remote)
 
+
+
+def attribution_patch(
+    model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric, activation: str = "z", by_position: bool = False, direction: Direction = "denoise",
+) -> Float[Tensor, "layer ..."]:
+    """First-order estimate of every patch of `activation`, from two forward passes and one backward pass.
+
+    metric(patched) ≈ metric(target) + (source − target) · ∂metric/∂activation, the gradient taken in the
+    target run. Shapes follow the sweeps: `z` gives (layer, head), or (layer, pos, head) by position;
+    `resid_pre` / `attn_out` / `mlp_out` give (layer, pos); `pattern` gives (layer, head).
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'denoise' or 'noise', not {direction!r}.")
+    target, source = (corrupted_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupted_tokens)
+    names = [get_act_name(activation, layer) for layer in range(model.cfg.n_layers)]
+    with torch.inference_mode():
+        _, source_cache = model.run_with_cache(source, names_filter=lambda name: name in names)
+    saved: dict[str, Tensor] = {}
+    grads: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook) -> Tensor:
+        saved[hook.name] = act.detach()
+        act.register_hook(lambda grad: grads.__setitem__(hook.name, grad.detach()))
+        return act
+
+    with torch.enable_grad():
+        value = metric(model.run_with_hooks(target, fwd_hooks=[(lambda name: name in names, keep)]))
+        value.backward()
+    model.zero_grad(set_to_none=True)
+    # Which axes a patch covers (summed over): batch always, plus the vector axis, plus positions
+    # when a patch spans all of them. Patterns are (batch, head, q, k): a patch spans q and k.
+    summed = {"pattern": (0, 2, 3)}.get(activation, (0, -1) if by_position or activation != "z" else (0, 1, -1))
+    effects = [((source_cache[name] - saved[name]) * grads[name]).sum(dim=summed) for name in names]
+    return value.detach() + torch.stack(effects)
