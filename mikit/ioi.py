@@ -19,6 +19,7 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
+from mikit import patching
 from mikit.datasets.ioi import IOIDataset, logit_diff
 
 Head = tuple[int, int]
@@ -179,60 +180,9 @@ def path_patch_to_queries(
     model: HookedTransformer, ds: IOIDataset, clean_cache: ActivationCache, corrupted_cache: ActivationCache,
     senders: Sequence[Head], receivers: Sequence[Head],
 ) -> float:
-    """Mean logit diff when the senders' corrupted outputs reach the receivers' queries and nothing else.
-
-    Run 1: the clean run with every head frozen to its clean output except the senders, which take
-    their corrupted one (MLPs recompute); keep the receivers' queries. Run 2: the clean run with
-    only the receivers' queries replaced by those.
-    """
-    first, last = min(layer for layer, _ in senders), max(layer for layer, _ in receivers)
-    if first >= min(layer for layer, _ in receivers):
-        raise ValueError("every sender must sit in an earlier layer than every receiver.")
-    sender_set = set(senders)
-
-    def freeze(z: Tensor, hook: HookPoint) -> Tensor:
-        z = clean_cache[hook.name].clone()
-        for head in range(model.cfg.n_heads):
-            if (hook.layer(), head) in sender_set:
-                z[:, :, head] = corrupted_cache[hook.name][:, :, head]
-        return z
-
-    queries: dict[str, Tensor] = {}
-    receiver_layers = sorted({layer for layer, _ in receivers})
-    with torch.inference_mode():
-        model.run_with_hooks(
-            clean_cache["resid_pre", first], start_at_layer=first, stop_at_layer=last + 1,
-            fwd_hooks=[(lambda name: name.endswith("hook_z"), freeze)]
-            + [(get_act_name("q", layer), lambda q, hook: queries.__setitem__(hook.name, q.clone())) for layer in receiver_layers],
-        )
-
-        def patch_queries(q: Tensor, hook: HookPoint) -> Tensor:
-            for layer, head in receivers:
-                if layer == hook.layer():
-                    q[:, :, head] = queries[hook.name][:, :, head]
-            return q
-
-        start = receiver_layers[0]
-        final = model.run_with_hooks(
-            clean_cache["resid_pre", start], start_at_layer=start, stop_at_layer=model.cfg.n_layers,
-            fwd_hooks=[(get_act_name("q", layer), patch_queries) for layer in receiver_layers],
-        )
-    return _end_logit_diff(model, final, ds).mean().item()
-
-
-def template_means(corrupted_cache: ActivationCache, corrupted: IOIDataset, ds: IOIDataset) -> dict[str, Tensor]:
-    """Per clean prompt, every layer's `hook_z` averaged over the corrupted prompts of its template."""
-    groups = defaultdict(list)
-    for i, prompt in enumerate(corrupted.prompts):
-        groups[prompt.template, int(corrupted.lengths[i])].append(i)
-    rows = []
-    for i, prompt in enumerate(ds.prompts):
-        key = prompt.template, int(ds.lengths[i])
-        if key not in groups:
-            raise ValueError(f"prompt {i} has a template or length that no corrupted prompt has; corrupt this dataset.")
-        rows.append(groups[key])
-    names = [name for name in corrupted_cache.keys() if _is_z(name)]
-    return {name: torch.stack([corrupted_cache[name][idx].mean(0) for idx in rows]) for name in names}
+    """Mean logit diff when the senders' corrupted outputs reach the receivers' queries and nothing else."""
+    metric = lambda logits: logit_diff(logits, ds).mean()  # noqa: E731
+    return patching.path_patch(model, clean_cache, corrupted_cache, metric, senders, receivers, "q").item()
 
 
 def mean_ablate_outside(

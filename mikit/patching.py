@@ -255,3 +255,58 @@ def attribution_patch(
     summed = {"pattern": (0, 2, 3)}.get(activation, (0, -1) if by_position or activation != "z" else (0, 1, -1))
     effects = [((source_cache[name] - saved[name]) * grads[name]).sum(dim=summed) for name in names]
     return value.detach() + torch.stack(effects)
+
+
+Head = tuple[int, int]
+
+
+def path_patch(
+    model: HookedTransformer, clean_cache: ActivationCache, corrupted_cache: ActivationCache, metric: Metric,
+    senders: Sequence[Head], receivers: Sequence[Head], receiver_input: Literal["q", "k", "v"] = "q",
+) -> Float[Tensor, ""]:
+    """Metric of the clean run when the senders' corrupted outputs reach the receivers' `receiver_input` only.
+
+    Run 1: the clean run with every head frozen to its clean output except the senders, which take their
+    corrupted one (MLPs recompute); record the receivers' q, k or v. Run 2: the clean run with only those
+    replaced. Both caches need `hook_z` and `hook_resid_pre`. In grouped-query models a receiver's k or v
+    is shared by its group of query heads, and the whole shared head is patched.
+    """
+    if receiver_input not in ("q", "k", "v"):
+        raise ValueError(f"receiver_input must be 'q', 'k' or 'v', not {receiver_input!r}.")
+    if not senders or not receivers:
+        raise ValueError("path patching needs at least one sender and one receiver head.")
+    first, receiver_layers = min(layer for layer, _ in senders), sorted({layer for layer, _ in receivers})
+    if first >= receiver_layers[0]:
+        raise ValueError("every sender must sit in an earlier layer than every receiver.")
+    group = 1 if receiver_input == "q" else model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads)
+    wanted = {layer: sorted({head // group for l, head in receivers if l == layer}) for layer in receiver_layers}
+    sender_set = set(senders)
+
+    def freeze(z: Tensor, hook) -> Tensor:
+        z = clean_cache[hook.name].clone()
+        for head in range(z.shape[2]):
+            if (hook.layer(), head) in sender_set:
+                z[:, :, head] = corrupted_cache[hook.name][:, :, head]
+        return z
+
+    recorded: dict[str, Tensor] = {}
+
+    def record(act: Tensor, hook) -> None:
+        recorded[hook.name] = act.clone()
+
+    def replace(act: Tensor, hook) -> Tensor:
+        heads = wanted[hook.layer()]
+        act[:, :, heads] = recorded[hook.name][:, :, heads]
+        return act
+
+    inputs = [get_act_name(receiver_input, layer) for layer in receiver_layers]
+    with torch.inference_mode():
+        model.run_with_hooks(
+            clean_cache["resid_pre", first], start_at_layer=first, stop_at_layer=receiver_layers[-1] + 1,
+            fwd_hooks=[(lambda name: name.endswith("hook_z"), freeze)] + [(name, record) for name in inputs],
+        )
+        logits = model.run_with_hooks(
+            clean_cache["resid_pre", receiver_layers[0]], start_at_layer=receiver_layers[0],
+            fwd_hooks=[(name, replace) for name in inputs],
+        )
+    return metric(logits)

@@ -189,3 +189,42 @@ def test_attribution_patching_of_patterns_has_one_value_per_head(model, tokens):
     clean, corrupted = tokens
     real = patching.patch_head_pattern(model, clean, corrupted, metric, progress=False)
     assert patching.attribution_patch(model, clean, corrupted, metric, "pattern").shape == real.shape
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+def test_path_patching_through_one_input(model, tokens, receiver_input):
+    clean, corrupted = tokens
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+        _, corrupted_cache = model.run_with_cache(corrupted)
+        senders = [(0, head) for head in range(4)]
+        receivers = [(1, 0), (1, 2)]
+        got = patching.path_patch(model, clean_cache, corrupted_cache, metric, senders, receivers, receiver_input)
+        # By hand, from the tokens: layer 0's heads corrupted, read layer 1's input, put it into a clean run.
+        recorded = {}
+        model.run_with_hooks(clean, fwd_hooks=[
+            ("blocks.0.attn.hook_z", lambda z, hook: corrupted_cache[hook.name]),
+            (f"blocks.1.attn.hook_{receiver_input}", lambda a, hook: recorded.__setitem__("a", a.clone())),
+        ])
+
+        def replace(a, hook):
+            a[:, :, [0, 2]] = recorded["a"][:, :, [0, 2]]
+            return a
+
+        want = metric(model.run_with_hooks(clean, fwd_hooks=[(f"blocks.1.attn.hook_{receiver_input}", replace)]))
+        assert got.item() == pytest.approx(want.item(), abs=1e-5)
+        assert got.item() != pytest.approx(metric(model(clean)).item(), abs=1e-4)  # the path carries an effect
+        unchanged = patching.path_patch(model, clean_cache, clean_cache, metric, senders, receivers, receiver_input)
+        assert unchanged.item() == pytest.approx(metric(model(clean)).item(), abs=1e-5)
+
+
+def test_path_patching_rejects_bad_requests(model, tokens):
+    clean, _ = tokens
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean)
+    with pytest.raises(ValueError, match="earlier layer"):
+        patching.path_patch(model, cache, cache, metric, [(1, 0)], [(1, 2)])
+    with pytest.raises(ValueError, match="receiver_input must be"):
+        patching.path_patch(model, cache, cache, metric, [(0, 0)], [(1, 2)], "z")
+    with pytest.raises(ValueError, match="at least one sender"):
+        patching.path_patch(model, cache, cache, metric, [], [(1, 2)])
