@@ -123,41 +123,13 @@ def patch_head_hook(
     return z
 
 
-def _end_logit_diff(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], ds: IOIDataset) -> Tensor:
-    """Logit difference from the final residual stream, unembedding only END and only the two names."""
-    batch = torch.arange(resid.shape[0], device=resid.device) % len(ds)
-    end = model.ln_final(resid[torch.arange(resid.shape[0]), ds.word_idx["END"].to(resid.device)[batch]])
-    return torch.einsum("bd,bd->b", end, logit_diff_directions(model, ds)[batch])
-
-
-def _patched_runs(
-    model: HookedTransformer, ds: IOIDataset, corrupted_cache: ActivationCache, layer: int,
-    patches: Sequence[Callable[[Tensor], Tensor]],
-) -> Float[Tensor, "patch"]:
-    """Mean logit diff of the corrupted run with each patch applied to layer's `z`, all patches in one batch."""
-    n = len(ds)
-    resid = corrupted_cache["resid_pre", layer].repeat(len(patches), 1, 1)
-
-    def apply(z: Tensor, hook: HookPoint) -> Tensor:
-        for i, patch in enumerate(patches):
-            z[i * n : (i + 1) * n] = patch(z[i * n : (i + 1) * n], hook)
-        return z
-
-    with torch.inference_mode():
-        final = model.run_with_hooks(
-            resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers, fwd_hooks=[(get_act_name("z", layer), apply)]
-        )
-    return _end_logit_diff(model, final, ds).view(len(patches), n).mean(-1)
-
-
 def layer_patching(
     model: HookedTransformer, ds: IOIDataset, clean_cache: ActivationCache, corrupted_cache: ActivationCache,
 ) -> Float[Tensor, "layer"]:
     """Mean logit diff when all heads of one layer get their clean output in the corrupted run, per layer."""
-    def whole_layer(z: Tensor, hook: HookPoint) -> Tensor:
-        return clean_cache[hook.name].clone()
-
-    return torch.stack([_patched_runs(model, ds, corrupted_cache, layer, [whole_layer])[0] for layer in range(model.cfg.n_layers)])
+    metric = lambda logits: logit_diff(logits, ds).mean()  # noqa: E731
+    patches = [(get_act_name("z", layer), ()) for layer in range(model.cfg.n_layers)]
+    return patching.run_patches(model, corrupted_cache, clean_cache, metric, patches, progress=False)
 
 
 def head_patching(
@@ -168,11 +140,17 @@ def head_patching(
 
     `hook(z, hook_point, head, clean_z)` patches one head, so a student's hook can drive the sweep.
     """
+    layers = list(layers)
+    metric = lambda logits: logit_diff(logits, ds).mean()  # noqa: E731
+    patches = [(get_act_name("z", layer), (head,)) for layer in layers for head in range(model.cfg.n_heads)]
     results = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
-    for layer in layers:
-        clean_z = clean_cache["z", layer]
-        patches = [lambda z, hp, h=h: hook(z, hp, h, clean_z) for h in range(model.cfg.n_heads)]
-        results[layer] = _patched_runs(model, ds, corrupted_cache, layer, patches).cpu()
+    def setter(z: Tensor, hook_point: HookPoint, index: tuple, clean_z: Tensor) -> Tensor:
+        patched = hook(z, hook_point, index[0], clean_z)
+        return z if patched is None else patched  # TransformerLens accepts hooks that edit in place
+
+    results[layers] = patching.run_patches(
+        model, corrupted_cache, clean_cache, metric, patches, progress=False, setter=setter
+    ).view(len(layers), model.cfg.n_heads)
     return results
 
 
@@ -183,6 +161,21 @@ def path_patch_to_queries(
     """Mean logit diff when the senders' corrupted outputs reach the receivers' queries and nothing else."""
     metric = lambda logits: logit_diff(logits, ds).mean()  # noqa: E731
     return patching.path_patch(model, clean_cache, corrupted_cache, metric, senders, receivers, "q").item()
+
+
+def template_means(corrupted_cache: ActivationCache, corrupted: IOIDataset, ds: IOIDataset) -> dict[str, Tensor]:
+    """Per clean prompt, every layer's `hook_z` averaged over the corrupted prompts of its template."""
+    groups = defaultdict(list)
+    for i, prompt in enumerate(corrupted.prompts):
+        groups[prompt.template, int(corrupted.lengths[i])].append(i)
+    rows = []
+    for i, prompt in enumerate(ds.prompts):
+        key = prompt.template, int(ds.lengths[i])
+        if key not in groups:
+            raise ValueError(f"prompt {i} has a template or length that no corrupted prompt has; corrupt this dataset.")
+        rows.append(groups[key])
+    names = [name for name in corrupted_cache.keys() if _is_z(name)]
+    return {name: torch.stack([corrupted_cache[name][idx].mean(0) for idx in rows]) for name in names}
 
 
 def mean_ablate_outside(

@@ -34,6 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import ActivationCache, HookedTransformer
+from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
 Backend = Literal["tl", "nnsight"]
@@ -76,15 +77,24 @@ def _module(root, hook_name: str):
     return root
 
 
+Setter = Callable[[Tensor, HookPoint, Index, Tensor], Tensor]
+
+
+def copy_index(target: Tensor, hook: HookPoint, index: Index, source: Tensor) -> Tensor:
+    """The default patch: copy `source[:, *index]` into `target[:, *index]`."""
+    target[(slice(None), *index)] = source[(slice(None), *index)]
+    return target
+
+
 def _forward(
     model: HookedTransformer, resid: Tensor, layer: int, patches: dict[str, list[tuple[slice, Index]]],
-    source_cache: ActivationCache, backend: str, remote: bool,
+    source_cache: ActivationCache, backend: str, remote: bool, setter: Setter,
 ) -> Tensor:
-    """Logits of a run from `layer` on `resid` with each `(rows, index)` of each hook copied from the source."""
+    """Logits of a run from `layer` on `resid` with each `(rows, index)` of each hook patched from the source."""
     if backend == "tl":
         def patch(activation: Tensor, hook) -> Tensor:
             for rows, index in patches[hook.name]:
-                activation[(rows, *index)] = source_cache[hook.name][(slice(None), *index)]
+                activation[rows] = setter(activation[rows], hook, index, source_cache[hook.name])
             return activation
 
         with torch.inference_mode():
@@ -113,13 +123,17 @@ def run_patches(
     progress: bool = True,
     backend: Backend = "tl",
     remote: bool = False,
+    setter: Setter = copy_index,
 ) -> Float[Tensor, "patch"]:
     """The metric of the target run with each patch `(hook_name, index)` applied alone, in batches.
 
-    A patch copies `source_cache[hook_name][:, *index]` into the target run's activation.
+    A patch calls `setter(activation, hook, index, source_cache[hook_name])` on one copy of the target
+    prompts; the default copies `source[:, *index]` in. A custom setter needs the TransformerLens backend.
     """
     if backend not in ("tl", "nnsight"):
         raise ValueError(f"backend must be 'tl' or 'nnsight', not {backend!r}.")
+    if backend == "nnsight" and setter is not copy_index:
+        raise ValueError("a custom setter runs as a TransformerLens hook: use backend='tl'.")
     if remote and backend != "nnsight":
         raise ValueError("remote=True runs on NDIF through nnsight: pass backend='nnsight' as well.")
     n_prompts = target_cache["resid_pre", 0].shape[0]
@@ -135,7 +149,7 @@ def run_patches(
             name, index = patches[i]
             hooks[name].append((slice(copy * n_prompts, (copy + 1) * n_prompts), index))
         resid = target_cache["resid_pre", layer].repeat(len(ids), 1, 1)
-        logits = _forward(model, resid, layer, hooks, source_cache, backend, remote)
+        logits = _forward(model, resid, layer, hooks, source_cache, backend, remote, setter)
         for copy, i in enumerate(ids):
             results[i] = metric(logits[copy * n_prompts : (copy + 1) * n_prompts]).item()
     return results
