@@ -14,6 +14,7 @@ import os
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's sweep draws a progress bar per patch
 
 import pandas as pd
 import torch
