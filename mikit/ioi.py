@@ -123,13 +123,20 @@ def patch_head_hook(
     return z
 
 
+def end_logit_diff(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], ds: IOIDataset) -> Tensor:
+    """Mean logit difference from the final residual stream, unembedding only END and only the two names."""
+    batch = torch.arange(len(ds), device=resid.device)
+    end = model.ln_final(resid[batch, ds.word_idx["END"].to(resid.device)])
+    return torch.einsum("bd,bd->b", end, logit_diff_directions(model, ds)).mean()
+
+
 def layer_patching(
     model: HookedTransformer, ds: IOIDataset, clean_cache: ActivationCache, corrupted_cache: ActivationCache,
 ) -> Float[Tensor, "layer"]:
     """Mean logit diff when all heads of one layer get their clean output in the corrupted run, per layer."""
-    metric = lambda logits: logit_diff(logits, ds).mean()  # noqa: E731
+    metric = lambda resid: end_logit_diff(model, resid, ds)  # noqa: E731
     patches = [(get_act_name("z", layer), ()) for layer in range(model.cfg.n_layers)]
-    return patching.run_patches(model, corrupted_cache, clean_cache, metric, patches, progress=False)
+    return patching.run_patches(model, corrupted_cache, clean_cache, metric, patches, progress=False, metric_input="resid")
 
 
 def head_patching(
@@ -141,7 +148,7 @@ def head_patching(
     `hook(z, hook_point, head, clean_z)` patches one head, so a student's hook can drive the sweep.
     """
     layers = list(layers)
-    metric = lambda logits: logit_diff(logits, ds).mean()  # noqa: E731
+    metric = lambda resid: end_logit_diff(model, resid, ds)  # noqa: E731
     patches = [(get_act_name("z", layer), (head,)) for layer in layers for head in range(model.cfg.n_heads)]
     results = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     def setter(z: Tensor, hook_point: HookPoint, index: tuple, clean_z: Tensor) -> Tensor:
@@ -149,7 +156,7 @@ def head_patching(
         return z if patched is None else patched  # TransformerLens accepts hooks that edit in place
 
     results[layers] = patching.run_patches(
-        model, corrupted_cache, clean_cache, metric, patches, progress=False, setter=setter
+        model, corrupted_cache, clean_cache, metric, patches, progress=False, setter=setter, metric_input="resid"
     ).view(len(layers), model.cfg.n_heads)
     return results
 

@@ -88,9 +88,9 @@ def copy_index(target: Tensor, hook: HookPoint, index: Index, source: Tensor) ->
 
 def _forward(
     model: HookedTransformer, resid: Tensor, layer: int, patches: dict[str, list[tuple[slice, Index]]],
-    source_cache: ActivationCache, backend: str, remote: bool, setter: Setter,
+    source_cache: ActivationCache, backend: str, remote: bool, setter: Setter, stop_at_layer: int | None,
 ) -> Tensor:
-    """Logits of a run from `layer` on `resid` with each `(rows, index)` of each hook patched from the source."""
+    """Output of a run from `layer` on `resid` with each `(rows, index)` of each hook patched from the source."""
     if backend == "tl":
         def patch(activation: Tensor, hook) -> Tensor:
             for rows, index in patches[hook.name]:
@@ -98,12 +98,16 @@ def _forward(
             return activation
 
         with torch.inference_mode():
-            return model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[(name, patch) for name in patches])
+            return model.run_with_hooks(
+                resid, start_at_layer=layer, stop_at_layer=stop_at_layer, fwd_hooks=[(name, patch) for name in patches]
+            )
     from nnsight import NNsight
 
     traced = NNsight(model)
     # A local NNsight wrapper takes no `remote` argument; only pass it when asked to run remotely.
-    with torch.inference_mode(), traced.trace(resid, start_at_layer=layer, **({"remote": True} if remote else {})):
+    with torch.inference_mode(), traced.trace(
+        resid, start_at_layer=layer, stop_at_layer=stop_at_layer, **({"remote": True} if remote else {})
+    ):
         # nnsight needs modules touched in execution order: by layer, then in the order given.
         for name in sorted(patches, key=lambda name: int(name.split(".")[1])):
             activation = _module(traced, name).output
@@ -124,12 +128,18 @@ def run_patches(
     backend: Backend = "tl",
     remote: bool = False,
     setter: Setter = copy_index,
+    metric_input: Literal["logits", "resid"] = "logits",
 ) -> Float[Tensor, "patch"]:
     """The metric of the target run with each patch `(hook_name, index)` applied alone, in batches.
 
     A patch calls `setter(activation, hook, index, source_cache[hook_name])` on one copy of the target
     prompts; the default copies `source[:, *index]` in. A custom setter needs the TransformerLens backend.
+    With `metric_input="resid"` the metric gets the final residual stream instead of the logits, so it
+    can unembed only the positions and tokens it reads (the full unembedding of a 49k-token
+    vocabulary is most of a late-layer pass).
     """
+    if metric_input not in ("logits", "resid"):
+        raise ValueError(f"metric_input must be 'logits' or 'resid', not {metric_input!r}.")
     if backend not in ("tl", "nnsight"):
         raise ValueError(f"backend must be 'tl' or 'nnsight', not {backend!r}.")
     if backend == "nnsight" and setter is not copy_index:
@@ -149,9 +159,10 @@ def run_patches(
             name, index = patches[i]
             hooks[name].append((slice(copy * n_prompts, (copy + 1) * n_prompts), index))
         resid = target_cache["resid_pre", layer].repeat(len(ids), 1, 1)
-        logits = _forward(model, resid, layer, hooks, source_cache, backend, remote, setter)
+        stop = model.cfg.n_layers if metric_input == "resid" else None
+        output = _forward(model, resid, layer, hooks, source_cache, backend, remote, setter, stop)
         for copy, i in enumerate(ids):
-            results[i] = metric(logits[copy * n_prompts : (copy + 1) * n_prompts]).item()
+            results[i] = metric(output[copy * n_prompts : (copy + 1) * n_prompts]).item()
     return results
 
 

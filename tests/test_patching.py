@@ -228,3 +228,17 @@ def test_path_patching_rejects_bad_requests(model, tokens):
         patching.path_patch(model, cache, cache, metric, [(0, 0)], [(1, 2)], "z")
     with pytest.raises(ValueError, match="at least one sender"):
         patching.path_patch(model, cache, cache, metric, [], [(1, 2)])
+
+
+def test_a_metric_on_the_final_residual_stream_gives_the_same_numbers(model, tokens):
+    clean, corrupted = tokens
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+        _, corrupted_cache = model.run_with_cache(corrupted)
+    patches = [(f"blocks.{layer}.attn.hook_z", (slice(None), head)) for layer in range(3) for head in range(4)]
+    from_logits = patching.run_patches(model, corrupted_cache, clean_cache, metric, patches, progress=False)
+    from_resid = patching.run_patches(model, corrupted_cache, clean_cache, lambda resid: metric(model.unembed(model.ln_final(resid))),
+                                      patches, progress=False, metric_input="resid")
+    torch.testing.assert_close(from_resid, from_logits, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="metric_input must be"):
+        patching.run_patches(model, corrupted_cache, clean_cache, metric, patches, metric_input="probs")
