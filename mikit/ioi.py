@@ -72,11 +72,6 @@ def attention_between(
     return pattern[batch, :, ds.word_idx[query].to(pattern.device), ds.word_idx[key].to(pattern.device)].mean(0)
 
 
-def attention_to(pattern: Float[Tensor, "batch head q k"], ds: IOIDataset, word: str) -> Float[Tensor, "head"]:
-    """Mean attention from END to the position of `word`, per head."""
-    return attention_between(pattern, ds, "END", word)
-
-
 HEAD_CLASSES = ("name mover", "negative name mover", "S suppressor", "S mover", "other")
 MIN_NAME_ATTENTION = 0.1  # below this to both names, a head's effect does not come from reading a name
 

@@ -50,15 +50,15 @@ def test_head_dla_matches_a_hand_computation(lm, data):
         torch.testing.assert_close(dla[layer, head], want, atol=1e-4, rtol=1e-4)
 
 
-def test_attention_to_reads_the_end_row(data):
+def test_attention_between_reads_the_query_row(data):
     ds, _ = data
     pos = int(ds.tokens.shape[1])
     pattern = torch.zeros(len(ds), 2, pos, pos)
     batch = torch.arange(len(ds))
     pattern[batch, 0, ds.word_idx["END"], ds.word_idx["IO"]] = 1.0
     pattern[batch, 1, ds.word_idx["END"], ds.word_idx["S2"]] = 1.0
-    assert ioi.attention_to(pattern, ds, "IO").tolist() == [1.0, 0.0]
-    assert ioi.attention_to(pattern, ds, "S2").tolist() == [0.0, 1.0]
+    assert ioi.attention_between(pattern, ds, "END", "IO").tolist() == [1.0, 0.0]
+    assert ioi.attention_between(pattern, ds, "END", "S2").tolist() == [0.0, 1.0]
 
 
 def test_faithfulness_bounds(lm, data):
