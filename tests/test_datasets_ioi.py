@@ -128,6 +128,16 @@ def test_character_model_is_refused_in_one_sentence():
     assert_one_sentence(str(error.value))
 
 
+def test_aba_corruption_repeats_io_instead_of_s(ds):
+    aba = ds.corrupted("ABA")
+    batch = torch.arange(len(ds))
+    assert torch.equal(aba.tokens[batch, ds.word_idx["S2"]], ds.io_tokens)
+    s2 = torch.zeros_like(ds.tokens, dtype=torch.bool)
+    s2[batch, ds.word_idx["S2"]] = True
+    assert torch.equal(aba.tokens[~s2], ds.tokens[~s2])
+    assert torch.equal(aba.io_tokens, ds.io_tokens) and torch.equal(aba.s_tokens, ds.s_tokens)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -146,7 +156,7 @@ def test_bad_parameters_are_refused_in_one_sentence(smollm2, kwargs, match):
 
 
 def test_unknown_corruption_is_refused(ds):
-    with pytest.raises(ValueError, match="kind must be 'ABC'") as error:
+    with pytest.raises(ValueError, match=r"kind must be one of \('ABC', 'ABA'\)") as error:
         ds.corrupted("BCD")
     assert_one_sentence(str(error.value))
 

@@ -55,6 +55,7 @@ OBJECTS = ["ring", "bone", "basketball", "computer", "necklace", "drink", "snack
 FIELDS = ("A", "B", "PLACE", "OBJECT")
 FIELD_PATTERN = re.compile(r"\[(\w+)\]")
 ORDERS = ("ABBA", "BABA")
+CORRUPTIONS = ("ABC", "ABA")
 MIN_NAMES = 5  # two per prompt, and three others for its ABC corruption
 
 
@@ -189,12 +190,19 @@ class IOIDataset:
         self.word_idx["S1+1"] = self.word_idx["S1"] + 1  # where induction heads look from S2
 
     def corrupted(self, kind: str = "ABC") -> IOIDataset:
-        """The same prompts with IO, S1 and S2 replaced by three other names each; token-aligned with this one."""
-        if kind != "ABC":
-            raise ValueError(f"kind must be 'ABC', not {kind!r}.")
+        """The same prompts, token-aligned with these, corrupted in one of two ways.
+
+        "ABC": IO, S1 and S2 replaced by three other names each (no name information left).
+        "ABA": only S2 replaced by the IO name (the repeated name, hence the answer, flips to S).
+        """
+        if kind not in CORRUPTIONS:
+            raise ValueError(f"kind must be one of {CORRUPTIONS}, not {kind!r}.")
         rng = random.Random(f"{self.seed}-{kind}")
         prompts = []
         for p in self.prompts:
+            if kind == "ABA":
+                prompts.append(make_prompt(p.template, p.order, p.io, p.s, p.io, p.place, p.obj))
+                continue
             c1, c2, c3 = rng.sample([name for name in self.names if name not in (p.io, p.s)], 3)
             prompts.append(make_prompt(p.template, p.order, c1, c2, c3, p.place, p.obj))
         new = copy.copy(self)
