@@ -5,12 +5,14 @@
 
 Every sweep runs the *target* prompts (the corrupted ones when denoising, the clean ones when
 noising) with one activation index replaced by its value in the *source* run. It agrees with
-`transformer_lens.patching` number for number, and it is faster for two reasons:
+`transformer_lens.patching` number for number, and it is faster for three reasons:
 
 - **batching**: up to `batch_size` rows (prompts × patches) go through the model at once, each
   copy of the prompts carrying a different patch;
 - **starting late**: a patch at layer L changes nothing before L, so the pass starts at L from the
-  target run's cached `resid_pre` (`model(resid, start_at_layer=L)`).
+  target run's cached `resid_pre` (`model(resid, start_at_layer=L)`);
+- **skipping no-ops**: a patch that copies values equal to those already there (every position
+  before the first token where clean and corrupted prompts differ) is not run.
 
 Two backends run the same patches: `backend="tl"` (TransformerLens hooks, the default) and
 `backend="nnsight"` (an nnsight trace over the same model). `remote=True` hands the trace to
@@ -20,7 +22,8 @@ a model (untested here: CI has no network).
 
 `layers=[...]` restricts a sweep (the other layers' results are NaN), for coarse-to-fine searches.
 `metric(logits)` maps the logits of one copy of the target prompts, `(batch, pos, d_vocab)`, to a
-scalar, as in TransformerLens. Prompts must share their padding-free length or be right-padded
+scalar, as in TransformerLens; with `metric_input="resid"` it gets the final residual stream instead
+and can unembed only what it reads. Prompts must share their padding-free length or be right-padded
 (no attention mask is applied).
 """
 
@@ -65,7 +68,7 @@ def _runs(
         )
     target, source = (corrupted_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupted_tokens)
     with torch.inference_mode():
-        _, target_cache = model.run_with_cache(target, names_filter=lambda name: name.endswith("hook_resid_pre"))
+        _, target_cache = model.run_with_cache(target, names_filter=lambda name: name.endswith(("hook_resid_pre", f"hook_{activation}")))
         _, source_cache = model.run_with_cache(source, names_filter=lambda name: name.endswith(f"hook_{activation}"))
     return target, target_cache, source_cache
 
@@ -117,6 +120,16 @@ def _forward(
     return logits
 
 
+def _copies_equal_values(
+    target_cache: ActivationCache, source_cache: ActivationCache, name: str, index: Index, setter: Setter
+) -> bool:
+    """Whether a default patch would copy in what is already there (e.g. before the first differing token)."""
+    if setter is not copy_index or name not in target_cache.cache_dict:
+        return False
+    where = (slice(None), *index)
+    return torch.equal(target_cache[name][where], source_cache[name][where])
+
+
 def run_patches(
     model: HookedTransformer,
     target_cache: ActivationCache,
@@ -136,7 +149,9 @@ def run_patches(
     prompts; the default copies `source[:, *index]` in. A custom setter needs the TransformerLens backend.
     With `metric_input="resid"` the metric gets the final residual stream instead of the logits, so it
     can unembed only the positions and tokens it reads (the full unembedding of a 49k-token
-    vocabulary is most of a late-layer pass).
+    vocabulary is most of a late-layer pass). Where `target_cache` holds the patched activation too,
+    patches that would copy identical values (positions before the first token where the prompts
+    differ, under causal attention) are not run: their result is the unpatched metric.
     """
     if metric_input not in ("logits", "resid"):
         raise ValueError(f"metric_input must be 'logits' or 'resid', not {metric_input!r}.")
@@ -148,18 +163,26 @@ def run_patches(
         raise ValueError("remote=True runs on NDIF through nnsight: pass backend='nnsight' as well.")
     n_prompts = target_cache["resid_pre", 0].shape[0]
     per_pass = max(1, batch_size // n_prompts)
-    by_layer: dict[int, list[int]] = defaultdict(list)
-    for i, (name, _) in enumerate(patches):
-        by_layer[int(name.split(".")[1])].append(i)
-    chunks = [(layer, ids[i : i + per_pass]) for layer, ids in sorted(by_layer.items()) for i in range(0, len(ids), per_pass)]
+    stop = model.cfg.n_layers if metric_input == "resid" else None
     results = torch.empty(len(patches))
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    no_ops = []
+    for i, (name, index) in enumerate(patches):
+        if _copies_equal_values(target_cache, source_cache, name, index, setter):
+            no_ops.append(i)
+        else:
+            by_layer[int(name.split(".")[1])].append(i)
+    if no_ops:  # one unpatched pass through the last layer gives all their results
+        last = model.cfg.n_layers - 1
+        output = _forward(model, target_cache["resid_pre", last], last, {}, source_cache, backend, remote, setter, stop)
+        results[no_ops] = metric(output).item()
+    chunks = [(layer, ids[i : i + per_pass]) for layer, ids in sorted(by_layer.items()) for i in range(0, len(ids), per_pass)]
     for layer, ids in tqdm(chunks, desc="patching", disable=not progress, leave=False):
         hooks: dict[str, list[tuple[slice, Index]]] = defaultdict(list)
         for copy, i in enumerate(ids):
             name, index = patches[i]
             hooks[name].append((slice(copy * n_prompts, (copy + 1) * n_prompts), index))
         resid = target_cache["resid_pre", layer].repeat(len(ids), 1, 1)
-        stop = model.cfg.n_layers if metric_input == "resid" else None
         output = _forward(model, resid, layer, hooks, source_cache, backend, remote, setter, stop)
         for copy, i in enumerate(ids):
             results[i] = metric(output[copy * n_prompts : (copy + 1) * n_prompts]).item()
@@ -169,7 +192,7 @@ def run_patches(
 def _sweep(
     model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Metric, activation: str,
     axes: dict[str, int], index_of: Callable[..., Index], direction: str, batch_size: int, progress: bool,
-    layers: Sequence[int] | None, backend: Backend = "tl", remote: bool = False,
+    layers: Sequence[int] | None, backend: Backend = "tl", remote: bool = False, metric_input: str = "logits",
 ) -> Tensor:
     """Patch every index of `activation` in `layers` (default all); one result axis per entry of `axes`, NaN elsewhere."""
     n_layers = axes["layer"]
@@ -183,7 +206,8 @@ def _sweep(
     patches = [(get_act_name(activation, cell[0]), index_of(*cell[1:])) for cell in grid]
     results = torch.full(sizes, float("nan"))
     results[list(layers)] = run_patches(
-        model, target_cache, source_cache, metric, patches, batch_size, progress, backend, remote
+        model, target_cache, source_cache, metric, patches, batch_size, progress, backend, remote,
+        metric_input=metric_input,
     ).view(
         len(layers), *sizes[1:]
     )
@@ -194,56 +218,56 @@ def patch_residual(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric, component: Literal["resid_pre", "attn_out", "mlp_out"] = "resid_pre",
     direction: Direction = "denoise", batch_size: int = 256, progress: bool = True, layers: Sequence[int] | None = None,
-    backend: Backend = "tl", remote: bool = False,
+    backend: Backend = "tl", remote: bool = False, metric_input: Literal["logits", "resid"] = "logits",
 ) -> Float[Tensor, "layer pos"]:
     """Patch one residual-stream component (`resid_pre`, `attn_out` or `mlp_out`) at one layer and position."""
     if component not in ("resid_pre", "attn_out", "mlp_out"):
         raise ValueError(f"component must be 'resid_pre', 'attn_out' or 'mlp_out', not {component!r}.")
     axes = {"layer": model.cfg.n_layers, "pos": clean_tokens.shape[1]}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, component, axes, lambda pos: (pos,),
-                  direction, batch_size, progress, layers, backend, remote)
+                  direction, batch_size, progress, layers, backend, remote, metric_input)
 
 
 def patch_head_out(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric, by_position: bool = False, direction: Direction = "denoise", batch_size: int = 256,
     progress: bool = True, layers: Sequence[int] | None = None,
-    backend: Backend = "tl", remote: bool = False,
+    backend: Backend = "tl", remote: bool = False, metric_input: Literal["logits", "resid"] = "logits",
 ) -> Float[Tensor, "layer head"] | Float[Tensor, "layer pos head"]:
     """Patch one head's output (`hook_z`) at all positions, or at one position with `by_position=True`."""
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if by_position:
         axes = {"layer": n_layers, "pos": clean_tokens.shape[1], "head": n_heads}
         return _sweep(model, clean_tokens, corrupted_tokens, metric, "z", axes, lambda pos, head: (pos, head),
-                      direction, batch_size, progress, layers, backend, remote)
+                      direction, batch_size, progress, layers, backend, remote, metric_input)
     axes = {"layer": n_layers, "head": n_heads}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, "z", axes, lambda head: (slice(None), head),
-                  direction, batch_size, progress, layers, backend, remote)
+                  direction, batch_size, progress, layers, backend, remote, metric_input)
 
 
 def patch_head_pattern(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric, direction: Direction = "denoise", batch_size: int = 256, progress: bool = True,
     layers: Sequence[int] | None = None,
-    backend: Backend = "tl", remote: bool = False,
+    backend: Backend = "tl", remote: bool = False, metric_input: Literal["logits", "resid"] = "logits",
 ) -> Float[Tensor, "layer head"]:
     """Patch one head's attention pattern (`hook_pattern`, all queries and keys)."""
     axes = {"layer": model.cfg.n_layers, "head": model.cfg.n_heads}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, "pattern", axes, lambda head: (head,),
-                  direction, batch_size, progress, layers, backend, remote)
+                  direction, batch_size, progress, layers, backend, remote, metric_input)
 
 
 def patch_head_values(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric, direction: Direction = "denoise", batch_size: int = 256, progress: bool = True,
     layers: Sequence[int] | None = None,
-    backend: Backend = "tl", remote: bool = False,
+    backend: Backend = "tl", remote: bool = False, metric_input: Literal["logits", "resid"] = "logits",
 ) -> Float[Tensor, "layer kv_head"]:
     """Patch one value head (`hook_v`, all positions); grouped-query models have fewer value heads than heads."""
     n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
     axes = {"layer": model.cfg.n_layers, "head": n_kv}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, "v", axes, lambda head: (slice(None), head),
-                  direction, batch_size, progress, layers, backend, remote)
+                  direction, batch_size, progress, layers, backend, remote, metric_input)
 
 
 
@@ -335,3 +359,43 @@ def path_patch(
             fwd_hooks=[(name, replace) for name in inputs],
         )
     return metric(logits)
+
+
+Ablation = Literal["zero", "mean", "resample"]
+ABLATIONS = ("zero", "mean", "resample")
+
+
+def ablate_head(
+    z: Float[Tensor, "batch pos head d_head"], hook: HookPoint, head: int, method: Ablation,
+    reference_z: Float[Tensor, "ref_batch pos head d_head"], perm: Int[Tensor, "batch"] | None = None,
+) -> Float[Tensor, "batch pos head d_head"]:
+    """A `hook_z` hook that removes what one head says about each prompt, in one of three ways.
+
+    "zero": its output is 0 (a value it may never take); "mean": its mean over the reference prompts,
+    per position (its typical output, no prompt-specific information); "resample": its output on
+    reference prompt `perm[i]` for prompt `i` (a real output, for another input).
+    """
+    if method not in ABLATIONS:
+        raise ValueError(f"method must be one of {ABLATIONS}, not {method!r}.")
+    if method == "zero":
+        z[:, :, head] = 0
+    elif method == "mean":
+        z[:, :, head] = reference_z[:, :, head].mean(0)
+    else:
+        if perm is None:
+            raise ValueError("resample ablation needs perm: which reference prompt each prompt takes its output from.")
+        z[:, :, head] = reference_z[perm.to(reference_z.device), :, head]
+    return z
+
+
+def necessary_and_sufficient(
+    denoised: Float[Tensor, "layer head"], noised: Float[Tensor, "layer head"], threshold: float
+) -> dict[str, list[tuple[int, int]]]:
+    """Heads whose clean value alone restores ≥ `threshold` (sufficient) and whose corruption alone costs ≥ it (necessary).
+
+    Both sweeps are normalised (0 = corrupted, 1 = clean): denoising starts at 0, noising at 1.
+    NaN (unswept) entries are in neither list.
+    """
+    sufficient = (denoised >= threshold).nonzero().tolist()
+    necessary = (1 - noised >= threshold).nonzero().tolist()
+    return {"sufficient": [tuple(h) for h in sufficient], "necessary": [tuple(h) for h in necessary]}

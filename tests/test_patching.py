@@ -236,5 +236,47 @@ def test_a_metric_on_the_final_residual_stream_gives_the_same_numbers(model, tok
     from_resid = patching.run_patches(model, corrupted_cache, clean_cache, lambda resid: metric(model.unembed(model.ln_final(resid))),
                                       patches, progress=False, metric_input="resid")
     torch.testing.assert_close(from_resid, from_logits, atol=1e-5, rtol=0)
+    sweep = patching.patch_residual(model, clean, corrupted, lambda resid: metric(model.unembed(model.ln_final(resid))),
+                                    progress=False, metric_input="resid")
+    torch.testing.assert_close(sweep, patching.patch_residual(model, clean, corrupted, metric, progress=False), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="metric_input must be"):
         patching.run_patches(model, corrupted_cache, clean_cache, metric, patches, metric_input="probs")
+
+
+def test_patches_that_copy_identical_values_are_not_run(model, tokens, monkeypatch):
+    clean, corrupted = tokens  # they differ at positions 1 and 3 only
+    rows = []
+    forward = patching._forward
+
+    def counting(model, resid, *args):
+        rows.append(resid.shape[0])
+        return forward(model, resid, *args)
+
+    monkeypatch.setattr(patching, "_forward", counting)
+    got = patching.patch_residual(model, clean, corrupted, metric, batch_size=1, progress=False)
+    n_prompts, n_layers, n_pos = clean.shape[0], model.cfg.n_layers, clean.shape[1]
+    # No-ops: position 0 at every layer, and at layer 0 (embeddings only) every unchanged token: 0, 2, 4, 5.
+    n_run = n_layers * n_pos - (n_layers + 3)
+    assert sum(rows) == n_prompts * (n_run + 1)  # plus one unpatched pass for all the no-ops
+    torch.testing.assert_close(got[:, 0], metric(model(corrupted)).expand(n_layers), atol=1e-5, rtol=0)
+
+
+def test_ablate_head_by_hand():
+    z = torch.arange(2 * 3 * 2 * 1, dtype=torch.float).view(2, 3, 2, 1)
+    reference = torch.tensor([[1.0], [3.0], [5.0]]).view(3, 1, 1, 1).expand(3, 3, 2, 1)
+    hook = None
+    assert patching.ablate_head(z.clone(), hook, 1, "zero", reference)[:, :, 1].abs().sum() == 0
+    mean = patching.ablate_head(z.clone(), hook, 1, "mean", reference)
+    assert torch.equal(mean[:, :, 1], torch.full((2, 3, 1), 3.0)) and torch.equal(mean[:, :, 0], z[:, :, 0])
+    resampled = patching.ablate_head(z.clone(), hook, 0, "resample", reference, perm=torch.tensor([2, 0]))
+    assert torch.equal(resampled[:, 0, 0, 0], torch.tensor([5.0, 1.0]))
+    with pytest.raises(ValueError, match="method must be one of"):
+        patching.ablate_head(z, hook, 0, "random", reference)
+    with pytest.raises(ValueError, match="needs perm"):
+        patching.ablate_head(z, hook, 0, "resample", reference)
+
+
+def test_necessary_and_sufficient_reads_noising_from_one():
+    denoised = torch.tensor([[0.5, 0.0], [float("nan"), -0.4]])
+    noised = torch.tensor([[1.0, 0.6], [float("nan"), 1.4]])
+    assert patching.necessary_and_sufficient(denoised, noised, 0.3) == {"sufficient": [(0, 0)], "necessary": [(0, 1)]}
