@@ -46,3 +46,11 @@ def test_heads_heatmap_of_a_subset_of_layers_names_them():
     assert list(fig.data[0].y) == ["23", "29"] and fig.data[0].customdata[1][2] == "L29H2"
     with pytest.raises(ValueError, match="names 1 rows"):
         viz.heads_heatmap(torch.rand(2, 3), "bad", layers=[23])
+
+
+def test_positions_heatmap_labels_every_position_even_repeated_tokens():
+    fig = viz.positions_heatmap(torch.rand(3, 4) - 0.5, [" A", " B", " A", " to"], "t")
+    assert list(fig.data[0].x) == [" A (0)", " B (1)", " A (2)", " to (3)"]
+    assert fig.data[0].z.shape == (3, 4)
+    with pytest.raises(ValueError, match="3 tokens, but scores has 4 positions"):
+        viz.positions_heatmap(torch.rand(3, 4), [" A", " B", " C"], "t")

@@ -41,6 +41,26 @@ def heads_heatmap(
     return fig
 
 
+def positions_heatmap(
+    scores: Float[Tensor, "layer pos"], str_tokens: Sequence[str], title: str, label: str = "score"
+) -> go.Figure:
+    """Layer × position heatmap with the prompt's tokens on the x axis (numbered: a name may occur twice)."""
+    scores = scores.detach().float().cpu()
+    n_layers, n_pos = scores.shape
+    if len(str_tokens) != n_pos:
+        raise ValueError(f"str_tokens has {len(str_tokens)} tokens, but scores has {n_pos} positions.")
+    columns = [f"{token} ({pos})" for pos, token in enumerate(str_tokens)]
+    fig = px.imshow(
+        scores.numpy(), x=columns, y=[str(layer) for layer in range(n_layers)],
+        labels={"x": "position", "y": "layer", "color": label},
+        color_continuous_scale="RdBu", color_continuous_midpoint=0.0, aspect="auto", title=title,
+    )
+    fig.update_traces(hovertemplate="layer %{y}, %{x}: %{z:.3f}<extra></extra>")
+    fig.update_yaxes(dtick=1 if n_layers <= 16 else 2)
+    fig.update_layout(height=max(320, 16 * n_layers + 160), width=max(480, 50 * n_pos + 220))
+    return fig
+
+
 def pattern_png(str_tokens: Sequence[str], pattern: Float[Tensor, "q k"], title: str) -> bytes:
     """One head's attention pattern as a PNG heatmap with the tokens on both axes."""
     import io
