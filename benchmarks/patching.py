@@ -5,6 +5,8 @@
 
 Both sweeps patch the clean output of one head at one position into the ABC-corrupted run and read
 the mean logit difference. The results must agree to 1e-4; the line printed is `name  ours  peer  ratio`.
+mikit skips patches that copy identical values: here the 2 positions before the first name
+(`<bos>`, "When"), 2 of 15, at every layer; the rest of the ratio is batching and starting late.
 """
 
 from __future__ import annotations

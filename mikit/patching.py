@@ -15,7 +15,8 @@ noising) with one activation index replaced by its value in the *source* run. It
   before the first token where clean and corrupted prompts differ) is not run.
 
 Two backends run the same patches: `backend="tl"` (TransformerLens hooks, the default) and
-`backend="nnsight"` (an nnsight trace over the same model). `remote=True` hands the trace to
+`backend="nnsight"` (an nnsight trace over the same model), for every sweep and for `path_patch`;
+`attribution_patch` needs a backward pass and runs on TransformerLens hooks only. `remote=True` hands the trace to
 NDIF, where large models are hosted; NDIF runs Hugging Face models wrapped as nnsight
 `LanguageModel`s, not a local HookedTransformer, so that path needs network, an NDIF key and such
 a model (untested here: CI has no network).
@@ -312,14 +313,20 @@ Head = tuple[int, int]
 def path_patch(
     model: HookedTransformer, clean_cache: ActivationCache, corrupted_cache: ActivationCache, metric: Metric,
     senders: Sequence[Head], receivers: Sequence[Head], receiver_input: Literal["q", "k", "v"] = "q",
+    backend: Backend = "tl", remote: bool = False,
 ) -> Float[Tensor, ""]:
     """Metric of the clean run when the senders' corrupted outputs reach the receivers' `receiver_input` only.
 
     Run 1: the clean run with every head frozen to its clean output except the senders, which take their
     corrupted one (MLPs recompute); record the receivers' q, k or v. Run 2: the clean run with only those
     replaced. Both caches need `hook_z` and `hook_resid_pre`. In grouped-query models a receiver's k or v
-    is shared by its group of query heads, and the whole shared head is patched.
+    is shared by its group of query heads, and the whole shared head is patched. `backend="nnsight"`
+    runs both passes as nnsight traces (`remote=True` is passed to them).
     """
+    if backend not in ("tl", "nnsight"):
+        raise ValueError(f"backend must be 'tl' or 'nnsight', not {backend!r}.")
+    if remote and backend != "nnsight":
+        raise ValueError("remote=True runs on NDIF through nnsight: pass backend='nnsight' as well.")
     if receiver_input not in ("q", "k", "v"):
         raise ValueError(f"receiver_input must be 'q', 'k' or 'v', not {receiver_input!r}.")
     if not senders or not receivers:
@@ -331,12 +338,17 @@ def path_patch(
     wanted = {layer: sorted({head // group for l, head in receivers if l == layer}) for layer in receiver_layers}
     sender_set = set(senders)
 
-    def freeze(z: Tensor, hook) -> Tensor:
-        z = clean_cache[hook.name].clone()
+    def frozen_z(layer: int) -> Tensor:
+        """The clean head outputs of `layer`, the senders' taken from the corrupted run."""
+        name = get_act_name("z", layer)
+        z = clean_cache[name].clone()
         for head in range(z.shape[2]):
-            if (hook.layer(), head) in sender_set:
-                z[:, :, head] = corrupted_cache[hook.name][:, :, head]
+            if (layer, head) in sender_set:
+                z[:, :, head] = corrupted_cache[name][:, :, head]
         return z
+
+    def freeze(z: Tensor, hook) -> Tensor:
+        return frozen_z(hook.layer())
 
     recorded: dict[str, Tensor] = {}
 
@@ -349,6 +361,8 @@ def path_patch(
         return act
 
     inputs = [get_act_name(receiver_input, layer) for layer in receiver_layers]
+    if backend == "nnsight":
+        return _path_patch_nnsight(model, clean_cache, first, wanted, frozen_z, receiver_input, metric, remote)
     with torch.inference_mode():
         model.run_with_hooks(
             clean_cache["resid_pre", first], start_at_layer=first, stop_at_layer=receiver_layers[-1] + 1,
@@ -399,3 +413,31 @@ def necessary_and_sufficient(
     sufficient = (denoised >= threshold).nonzero().tolist()
     necessary = (1 - noised >= threshold).nonzero().tolist()
     return {"sufficient": [tuple(h) for h in sufficient], "necessary": [tuple(h) for h in necessary]}
+
+
+def _path_patch_nnsight(
+    model: HookedTransformer, clean_cache: ActivationCache, first: int, wanted: dict[int, list[int]],
+    frozen_z: Callable[[int], Tensor], receiver_input: str, metric: Metric, remote: bool,
+) -> Float[Tensor, ""]:
+    """`path_patch`'s two runs as nnsight traces: hook points are modules, touched in execution order."""
+    from nnsight import NNsight
+
+    traced = NNsight(model)
+    options = {"remote": True} if remote else {}
+    receiver_layers = sorted(wanted)
+    recorded = {}
+    with torch.inference_mode(), traced.trace(
+        clean_cache["resid_pre", first], start_at_layer=first, stop_at_layer=receiver_layers[-1] + 1, **options
+    ):
+        for layer in range(first, receiver_layers[-1] + 1):
+            if layer in wanted:  # q, k and v are computed before the head outputs
+                recorded[layer] = _module(traced, get_act_name(receiver_input, layer)).output.save()
+            _module(traced, get_act_name("z", layer)).output[:] = frozen_z(layer)
+    with torch.inference_mode(), traced.trace(
+        clean_cache["resid_pre", receiver_layers[0]], start_at_layer=receiver_layers[0], **options
+    ):
+        for layer in receiver_layers:
+            heads = wanted[layer]
+            _module(traced, get_act_name(receiver_input, layer)).output[:, :, heads] = recorded[layer][:, :, heads]
+        logits = traced.output.save()
+    return metric(logits)

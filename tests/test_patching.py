@@ -161,6 +161,12 @@ def test_remote_reaches_the_nnsight_trace(model, tokens, monkeypatch):
     with pytest.raises(Recorded):
         patching.patch_head_out(model, clean, corrupted, metric, backend="nnsight", remote=True, progress=False)
     assert calls[0]["remote"] is True and calls[0]["start_at_layer"] == 0
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+        _, corrupted_cache = model.run_with_cache(corrupted)
+    with pytest.raises(Recorded):
+        patching.path_patch(model, clean_cache, corrupted_cache, metric, [(0, 1)], [(2, 0)], backend="nnsight", remote=True)
+    assert calls[1]["remote"] is True
     with pytest.raises(ValueError, match="backend='nnsight'"):
         patching.patch_head_out(model, clean, corrupted, metric, remote=True)
     with pytest.raises(ValueError, match="backend must be"):
@@ -280,3 +286,22 @@ def test_necessary_and_sufficient_reads_noising_from_one():
     denoised = torch.tensor([[0.5, 0.0], [float("nan"), -0.4]])
     noised = torch.tensor([[1.0, 0.6], [float("nan"), 1.4]])
     assert patching.necessary_and_sufficient(denoised, noised, 0.3) == {"sufficient": [(0, 0)], "necessary": [(0, 1)]}
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+def test_path_patching_with_nnsight_gives_the_same_numbers(receiver_input):
+    gqa = tiny_model(n_key_value_heads=2)
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.randint(0, 50, (3, 6), generator=generator)
+    corrupted = torch.randint(0, 50, (3, 6), generator=generator)
+    with torch.no_grad():
+        _, clean_cache = gqa.run_with_cache(clean)
+        _, corrupted_cache = gqa.run_with_cache(corrupted)
+    senders, receivers = [(0, 1), (1, 3)], [(2, 0), (2, 3)]
+    tl = patching.path_patch(gqa, clean_cache, corrupted_cache, metric, senders, receivers, receiver_input)
+    nnsight = patching.path_patch(gqa, clean_cache, corrupted_cache, metric, senders, receivers, receiver_input,
+                                  backend="nnsight")
+    assert nnsight.item() == pytest.approx(tl.item(), abs=1e-4)
+    assert tl.item() != pytest.approx(metric(gqa(clean)).item(), abs=1e-4)
+    with pytest.raises(ValueError, match="backend='nnsight'"):
+        patching.path_patch(gqa, clean_cache, corrupted_cache, metric, senders, receivers, receiver_input, remote=True)
