@@ -15,8 +15,8 @@ noising) with one activation index replaced by its value in the *source* run. It
   before the first token where clean and corrupted prompts differ) is not run.
 
 Two backends run the same patches: `backend="tl"` (TransformerLens hooks, the default) and
-`backend="nnsight"` (an nnsight trace over the same model), for every sweep and for `path_patch`;
-`attribution_patch` needs a backward pass and runs on TransformerLens hooks only. `remote=True` hands the trace to
+`backend="nnsight"` (an nnsight trace over the same model), for every sweep, `path_patch` and
+`attribution_patch`. `remote=True` hands the trace to
 NDIF, where large models are hosted; NDIF runs Hugging Face models wrapped as nnsight
 `LanguageModel`s, not a local HookedTransformer, so that path needs network, an NDIF key and such
 a model (untested here: CI has no network).
@@ -275,36 +275,69 @@ def patch_head_values(
 def attribution_patch(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric, activation: str = "z", by_position: bool = False, direction: Direction = "denoise",
+    backend: Backend = "tl", remote: bool = False,
 ) -> Float[Tensor, "layer ..."]:
     """First-order estimate of every patch of `activation`, from two forward passes and one backward pass.
 
     metric(patched) ≈ metric(target) + (source − target) · ∂metric/∂activation, the gradient taken in the
     target run. Shapes follow the sweeps: `z` gives (layer, head), or (layer, pos, head) by position;
     `resid_pre` / `attn_out` / `mlp_out` give (layer, pos); `pattern` gives (layer, head).
+    `backend="nnsight"` takes the gradients in an nnsight trace's backward context.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'denoise' or 'noise', not {direction!r}.")
+    if backend not in ("tl", "nnsight"):
+        raise ValueError(f"backend must be 'tl' or 'nnsight', not {backend!r}.")
+    if remote and backend != "nnsight":
+        raise ValueError("remote=True runs on NDIF through nnsight: pass backend='nnsight' as well.")
     target, source = (corrupted_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupted_tokens)
     names = [get_act_name(activation, layer) for layer in range(model.cfg.n_layers)]
     with torch.inference_mode():
         _, source_cache = model.run_with_cache(source, names_filter=lambda name: name in names)
-    saved: dict[str, Tensor] = {}
-    grads: dict[str, Tensor] = {}
-
-    def keep(act: Tensor, hook) -> Tensor:
-        saved[hook.name] = act.detach()
-        act.register_hook(lambda grad: grads.__setitem__(hook.name, grad.detach()))
-        return act
-
     with torch.enable_grad():
-        value = metric(model.run_with_hooks(target, fwd_hooks=[(lambda name: name in names, keep)]))
-        value.backward()
+        gradient = _gradients_nnsight if backend == "nnsight" else _gradients_tl
+        value, saved, grads = gradient(model, target, names, metric, remote)
     model.zero_grad(set_to_none=True)
     # Which axes a patch covers (summed over): batch always, plus the vector axis, plus positions
     # when a patch spans all of them. Patterns are (batch, head, q, k): a patch spans q and k.
     summed = {"pattern": (0, 2, 3)}.get(activation, (0, -1) if by_position or activation != "z" else (0, 1, -1))
-    effects = [((source_cache[name] - saved[name]) * grads[name]).sum(dim=summed) for name in names]
+    effects = [((source_cache[name] - saved[i].detach()) * grads[i]).sum(dim=summed) for i, name in enumerate(names)]
     return value.detach() + torch.stack(effects)
+
+
+Gradients = tuple[Tensor, list[Tensor], list[Tensor]]
+
+
+def _gradients_tl(model: HookedTransformer, tokens: Tensor, names: list[str], metric: Metric, remote: bool) -> Gradients:
+    """The metric of a run, and the activations at `names` with the metric's gradient at each (hooks)."""
+    saved: dict[str, Tensor] = {}
+    grads: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook) -> Tensor:
+        saved[hook.name] = act
+        act.register_hook(lambda grad: grads.__setitem__(hook.name, grad.detach()))
+        return act
+
+    value = metric(model.run_with_hooks(tokens, fwd_hooks=[(lambda name: name in names, keep)]))
+    value.backward()
+    return value, [saved[name] for name in names], [grads[name] for name in names]
+
+
+def _gradients_nnsight(model: HookedTransformer, tokens: Tensor, names: list[str], metric: Metric, remote: bool) -> Gradients:
+    """As `_gradients_tl`, in an nnsight trace: gradients are read in a backward context, last layer first."""
+    import nnsight
+
+    traced = nnsight.NNsight(model)
+    with traced.trace(tokens, **({"remote": True} if remote else {})):
+        # Values leave a trace only through saved objects: save the lists, append raw values to them.
+        saved, grads = nnsight.save([]), nnsight.save([])
+        for name in names:
+            saved.append(_module(traced, name).output)
+        value = metric(traced.output).save()
+        with value.backward():
+            for act in reversed(saved):
+                grads.append(act.grad)
+    return value, saved, grads[::-1]
 
 
 Head = tuple[int, int]

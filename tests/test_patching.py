@@ -167,6 +167,9 @@ def test_remote_reaches_the_nnsight_trace(model, tokens, monkeypatch):
     with pytest.raises(Recorded):
         patching.path_patch(model, clean_cache, corrupted_cache, metric, [(0, 1)], [(2, 0)], backend="nnsight", remote=True)
     assert calls[1]["remote"] is True
+    with pytest.raises(Recorded):
+        patching.attribution_patch(model, clean, corrupted, metric, backend="nnsight", remote=True)
+    assert calls[2]["remote"] is True
     with pytest.raises(ValueError, match="backend='nnsight'"):
         patching.patch_head_out(model, clean, corrupted, metric, remote=True)
     with pytest.raises(ValueError, match="backend must be"):
@@ -185,6 +188,16 @@ def test_attribution_patching_approximates_real_patching(model, tokens):
         corr = torch.corrcoef(torch.stack([estimate.flatten(), real.flatten()]))[0, 1]
         print(f"attribution vs activation patching {kwargs}: r = {corr:.3f}")
         assert corr > 0.8, (kwargs, corr)  # first-order estimate on a random model: measured 0.85-0.94
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"by_position": True}, {"activation": "resid_pre"}, {"activation": "pattern"},
+                                    {"direction": "noise"}], ids=["z", "z by position", "resid_pre", "pattern", "noise"])
+def test_attribution_patching_with_nnsight_gives_the_same_numbers(model, tokens, kwargs):
+    clean, corrupted = tokens
+    tl = patching.attribution_patch(model, clean, corrupted, metric, **kwargs)
+    nnsight = patching.attribution_patch(model, clean, corrupted, metric, backend="nnsight", **kwargs)
+    torch.testing.assert_close(nnsight, tl, atol=1e-5, rtol=0)
+    assert all(p.grad is None for p in model.parameters())  # no gradients left on the weights
 
 
 def test_attribution_patching_of_patterns_has_one_value_per_head(model, tokens):
