@@ -409,3 +409,23 @@ def test_mikit_loads_what_saelens_saves(label, tmp_path):
         assert (ours_latents != 0).any(), label
         torch.testing.assert_close(ours_latents, their_latents.float(), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ours.decode(ours_latents), theirs.decode(their_latents.float()), atol=1e-5, rtol=1e-5)
+
+
+def test_load_released_converts_what_saelens_downloads(monkeypatch):
+    sae_lens = pytest.importorskip("sae_lens")
+    torch.manual_seed(0)
+    theirs = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=D_IN, d_sae=D_SAE))
+    _randomize_(theirs)
+    asked = []
+
+    def from_pretrained(release, sae_id, device="cpu"):  # the hub is unreachable here: hand back a local SAE
+        asked.append((release, sae_id, device))
+        return theirs
+
+    monkeypatch.setattr(sae_lens.SAE, "from_pretrained", from_pretrained)
+    ours = sae.load_released("gpt2-small-res-jb", "blocks.7.hook_resid_pre")
+    assert asked == [("gpt2-small-res-jb", "blocks.7.hook_resid_pre", "cpu")]
+    assert type(ours) is sae.ReLUSAE and ours.metadata["release"] == "gpt2-small-res-jb"
+    x = torch.randn(16, D_IN)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), atol=1e-5, rtol=1e-5)

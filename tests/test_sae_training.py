@@ -6,7 +6,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mikit.sae import TopKSAE, metrics
 from mikit.sae.evaluation import evaluate, splice_hook
-from mikit.sae.training import ActivationBuffer, fold_input_scale_, input_scale, train_sae
+from mikit.sae.training import ActivationBuffer, CachedActivations, fold_input_scale_, input_scale, train_sae
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -34,6 +34,20 @@ def test_buffer_serves_every_non_bos_token_once_per_epoch(model, rows):
     torch.testing.assert_close(got[got[:, 0].argsort()], want[want[:, 0].argsort()], atol=1e-5, rtol=0)
     assert not torch.equal(got, want)
 
+
+def test_collect_returns_one_epoch_in_row_order_and_cached_batches_reshuffle(model, rows):
+    buffer = ActivationBuffer(model, HOOK, rows, rows_per_refill=24)
+    _, cache = model.run_with_cache(rows, names_filter=HOOK)
+    collected = buffer.collect()
+    torch.testing.assert_close(collected, cache[HOOK][:, 1:].flatten(0, 1), atol=1e-5, rtol=0)
+    cached = CachedActivations(collected, batch_size=128, seed=0)
+    first, second = torch.cat(list(cached)), torch.cat(list(cached))
+    assert not torch.equal(first, second)  # a new order each epoch, the same vectors
+    for epoch in (first, second):
+        torch.testing.assert_close(epoch[epoch[:, 0].argsort()], collected[collected[:, 0].argsort()])
+    assert sum(b.shape[0] for b in CachedActivations(collected, batch_size=100)) == 1000  # partial batch dropped
+    with pytest.raises(ValueError, match="at least batch_size=2048"):
+        CachedActivations(collected, batch_size=2048)
 
 def test_folding_the_input_scale_keeps_latents_and_reconstructs_raw_inputs():
     sae = TopKSAE(8, 32, k=4)

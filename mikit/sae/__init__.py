@@ -10,7 +10,7 @@
 from mikit.sae import metrics
 from mikit.sae.architectures import SAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE, SAEOutput, TopKSAE
 from mikit.sae.init import geometric_median
-from mikit.sae.io import load, save
+from mikit.sae.io import load, load_released, save
 
 __all__ = [
     "SAE",
@@ -21,6 +21,7 @@ __all__ = [
     "TopKSAE",
     "geometric_median",
     "load",
+    "load_released",
     "metrics",
     "save",
 ]

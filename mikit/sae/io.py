@@ -118,6 +118,21 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
     return sae.eval()
 
 
+def load_released(release: str, sae_id: str, device: str | torch.device = "cpu") -> SAE:
+    """A released SAE from SAELens's pretrained list, as a mikit SAE (needs the Hugging Face Hub: full mode).
+
+    e.g. load_released("gpt2-small-res-jb", "blocks.7.hook_resid_pre"): Joseph Bloom's GPT-2 small residual SAEs.
+    """
+    import tempfile
+
+    from sae_lens import SAE as SAELensSAE
+
+    with tempfile.TemporaryDirectory() as folder:
+        SAELensSAE.from_pretrained(release, sae_id, device=str(device)).save_model(folder)
+        sae = load(folder, device)
+    sae.metadata.setdefault("release", release)
+    return sae
+
 def _check_supported(cfg: dict[str, Any]) -> None:
     for key in ("d_in", "d_sae"):
         if not isinstance(cfg.get(key), int):

@@ -65,6 +65,13 @@ class ActivationBuffer:
             out.append(cache[self.hook_name][:, 1:].flatten(0, 1).float())
         return torch.cat(out)
 
+    def collect(self, progress: bool = False) -> Float[Tensor, "token d"]:
+        """One epoch's activations in row order, to keep in memory: `CachedActivations(buffer.collect())`."""
+        starts = range(0, self.rows.shape[0], self.rows_per_refill)
+        chunks = [self.activations(self.rows[start : start + self.rows_per_refill])
+                  for start in tqdm(starts, desc=f"caching {self.hook_name}", disable=not progress)]
+        return torch.cat(chunks)
+
     def __iter__(self) -> Iterator[Float[Tensor, "batch d"]]:
         order = torch.randperm(self.rows.shape[0], generator=self.generator)
         for start in range(0, len(order), self.rows_per_refill):
@@ -72,6 +79,32 @@ class ActivationBuffer:
             acts = acts[torch.randperm(acts.shape[0], generator=self.generator)]
             for i in range(0, acts.shape[0] - self.batch_size + 1, self.batch_size):
                 yield acts[i : i + self.batch_size]
+
+
+class CachedActivations:
+    """Activations held in memory, served as shuffled batches; each iteration is a new epoch in a new order.
+
+    Use it to train for several epochs (the model runs once) or to train two SAEs on the same data.
+    """
+
+    def __init__(self, activations: Float[Tensor, "token d"], batch_size: int = 4096, seed: int = 0):
+        if activations.ndim != 2 or activations.shape[0] < batch_size:
+            raise ValueError(
+                f"activations must be (n_tokens, d) with at least batch_size={batch_size} tokens, "
+                f"not shape {tuple(activations.shape)}."
+            )
+        self.activations, self.batch_size = activations, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens per epoch."""
+        return self.activations.shape[0]
+
+    def __iter__(self) -> Iterator[Float[Tensor, "batch d"]]:
+        order = torch.randperm(self.n_tokens, generator=self.generator)
+        for i in range(0, self.n_tokens - self.batch_size + 1, self.batch_size):
+            yield self.activations[order[i : i + self.batch_size]]
 
 
 def input_scale(activations: Float[Tensor, "n d"]) -> float:

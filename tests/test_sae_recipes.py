@@ -1,0 +1,66 @@
+"""SAE recipes in a reduced form: a tiny recipe on the character zoo model trains, evaluates, indexes and saves."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import mikit
+from mikit.sae import load
+from mikit.sae import __main__ as cli
+from mikit.sae.dashboard import LatentIndex
+from mikit.sae.recipes import RECIPES, SAERecipe, recipe_activations, train_recipe
+
+TINY = SAERecipe(
+    name="tiny", model="attn-only-2l", hook_name="blocks.1.hook_resid_pre", d_sae=256, k=8, corpus="bbc",
+    context=64, train_rows=96, epochs=4, batch_size=512, lr=2e-3, eval_rows=8, index_rows=16, seed=0,
+)
+
+
+@pytest.fixture(scope="module")
+def activations():
+    return recipe_activations(TINY, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(activations, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    sae, report = train_recipe(TINY, out, activations, progress=False)
+    return out, sae, report
+
+
+def test_recipe_trains_an_sae_that_reconstructs_held_out_text(trained):
+    _, _, report = trained
+    # Measured: explained variance 0.80 and CE loss recovered 0.98 on the 8 held-out rows.
+    assert report["explained_variance"] > 0.6 and report["ce_loss_recovered"] > 0.8
+    assert report["l0"] == pytest.approx(8)
+    assert report["ce_clean"] < report["ce_sae"] < report["ce_zero_ablation"]
+
+
+def test_recipe_saves_the_sae_with_its_recipe_metrics_and_latent_index(trained):
+    out, sae, report = trained
+    loaded = load(out)
+    torch.testing.assert_close(loaded.W_dec, sae.W_dec)
+    assert loaded.metadata["recipe"] == dataclasses.asdict(TINY)
+    assert loaded.metadata["metrics"]["l0"] == round(report["l0"], 4)
+    assert loaded.metadata["hook_name"] == TINY.hook_name
+    index = LatentIndex.load(out)
+    assert index.tokens.shape == (TINY.index_rows, TINY.context) and index.d_sae == TINY.d_sae
+
+
+def test_recipe_rejects_activations_of_the_wrong_shape_and_too_many_rows(activations):
+    with pytest.raises(ValueError, match="trains on 6048 activations of size 128"):
+        train_recipe(TINY, activations=activations[:100])
+    with pytest.raises(ValueError, match="corpus has only"):
+        recipe_activations(dataclasses.replace(TINY, train_rows=10**7))
+
+
+def test_cli_caches_activations_then_trains_from_them(monkeypatch, tmp_path, activations):
+    monkeypatch.setitem(RECIPES, "tiny", dataclasses.replace(TINY, epochs=1))
+    cache = tmp_path / "acts.safetensors"
+    assert cli.main(["cache", "tiny", str(cache)]) == 0
+    assert cli.main(["train", "tiny", "--activations", str(cache), "--train-rows", "48", "--out", str(tmp_path / "sae")]) == 0
+    recipe = load(tmp_path / "sae").metadata["recipe"]
+    assert recipe["train_rows"] == 48 and recipe["epochs"] == 1
+
