@@ -17,7 +17,9 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
 from mikit import patching as ref
-from mikit.checks import CheckFailed, call_student, expect_close, expect_number, expect_tensor, passed
+from mikit.checks import (
+    CheckFailed, call_student, expect_close, expect_number, expect_tensor, passed, reject_known_mistakes,
+)
 
 Head = tuple[int, int]
 D_VOCAB = 40
@@ -67,14 +69,6 @@ def _run_hook(fn: Callable, name: str, activation: Tensor, *args: Any) -> Tensor
     return activation if out is None else out
 
 
-def _match(got: Tensor, wrongs: list[tuple[Tensor, str]], want: Tensor, atol: float = 1e-5) -> None:
-    """Fail with the message of the first known mistake `got` reproduces (and the reference does not)."""
-    __tracebackhide__ = True
-    for wrong, message in wrongs:
-        if got.shape == wrong.shape and torch.allclose(got, wrong, atol=atol) and not torch.allclose(got, want, atol=atol):
-            raise CheckFailed(message)
-
-
 def patch_resid_hook(fn: Callable) -> None:
     """Exercise 1: a hook that patches the residual stream at one position."""
     __tracebackhide__ = True
@@ -93,7 +87,7 @@ def patch_resid_hook(fn: Callable) -> None:
         later[:, pos:] = clean[:, pos:]
         batch[pos] = clean[pos]
         before[:, pos - 1] = clean[:, pos - 1]
-        _match(got, [
+        reject_known_mistakes(got, [
             (resid, "nothing changed: assign clean_resid[:, pos] into resid[:, pos] (and return resid)"),
             (every, "you replaced every position: patch only position `pos`, resid[:, pos]"),
             (later, "you replaced position `pos` and every later one: patch only resid[:, pos]"),
@@ -133,7 +127,7 @@ def patch_resid_nnsight(fn: Callable) -> None:
         want = tl_patch(layer, [pos])
         with torch.no_grad():
             unpatched = model(corrupted)
-        _match(got, [
+        reject_known_mistakes(got, [
             (unpatched, "these are the corrupted run's logits: assign into the hook point's output inside the trace, "
                         "nn_model.blocks[layer].hook_resid_pre.output[:, pos] = clean_cache['resid_pre', layer][:, pos]"),
             (tl_patch(layer + 1, [pos]), "you patched one layer too late: blocks[layer].output is the stream after the block "
@@ -173,7 +167,7 @@ def resid_patching_loop(fn: Callable, patch_hook: Callable) -> None:
         return torch.stack(results).view(got.shape)
 
     want = sweep("resid_pre")
-    _match(got, [
+    reject_known_mistakes(got, [
         (sweep("resid_post"), "you patched resid_post: the sweep patches the stream *entering* each layer, "
                               "utils.get_act_name('resid_pre', layer)"),
         (leaking(), "your patches accumulate: each run must carry one patch only; use model.run_with_hooks, "
@@ -197,7 +191,7 @@ def patch_pattern_hook(fn: Callable) -> None:
         want = ref.copy_index(pattern.clone(), hook, (head,), clean)
         query_axis, every = pattern.clone(), clean.clone()
         query_axis[:, :, head] = clean[:, :, head]
-        _match(got, [
+        reject_known_mistakes(got, [
             (pattern, "nothing changed: assign clean_pattern[:, head] into pattern[:, head] (and return pattern)"),
             (query_axis, "you indexed the query axis: patterns are (batch, head, query, key) — the head axis is 1, "
                          "unlike hook_z's (batch, pos, head, d_head)"),
@@ -315,7 +309,7 @@ def attribution_patch_heads(fn: Callable) -> None:
     with torch.no_grad():
         base, clean_value = _metric(model(corrupted)), _metric(model(clean))
     noise = ref.attribution_patch(model, clean, corrupted, _metric, "z", direction="noise")
-    _match(got, [
+    reject_known_mistakes(got, [
         (want - base, "you returned the estimated change only: add the corrupted run's metric, so the estimate "
                       "is comparable with activation patching"),
         (2 * base - want, "your sign is flipped: the change is (clean − corrupted) activation · gradient"),
@@ -346,7 +340,7 @@ def ablate_head(fn: Callable) -> None:
             out[:, :, head] = value
             return out
 
-        _match(got, [
+        reject_known_mistakes(got, [
             (z, f"{method}: nothing changed — replace z[:, :, head] and return z"),
             (replaced(reference[:, :, head].mean((0, 1), keepdim=True).squeeze(0)),
              "mean: you averaged over positions too; the mean is over the reference prompts only, one value per position"),

@@ -1,0 +1,338 @@
+"""Checks for notebook 04 (sparse autoencoders): each compares a student function with `mikit.sae`.
+
+They run on small random tensors and SAEs built here, so each takes milliseconds and holds in either
+mode; the notebook then uses the student's functions on the real model's activations.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from mikit.checks import (
+    CheckFailed, call_student, expect_close, expect_number, expect_tensor, passed, reject_known_mistakes,
+)
+from mikit.sae import ReLUSAE, TopKSAE, metrics
+
+D_IN, D_SAE = 8, 32
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _relu_sae(seed: int, l1_coefficient: float = 0.0) -> ReLUSAE:
+    """A ReLU SAE with random weights, decoder rows of unequal norms and nonzero biases."""
+    generator = _gen(seed)
+    sae = ReLUSAE(D_IN, D_SAE, l1_coefficient=l1_coefficient)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(D_IN, D_SAE, generator=generator) * 0.5)
+        sae.b_enc.copy_(torch.randn(D_SAE, generator=generator) * 0.3)
+        sae.W_dec.copy_(torch.randn(D_SAE, D_IN, generator=generator) * 0.4)
+        sae.b_dec.copy_(torch.randn(D_IN, generator=generator))
+    return sae
+
+
+def relu_sae_forward(fn: Callable) -> None:
+    """Exercise 1: the ReLU SAE's forward pass, returning (latents, x_hat)."""
+    __tracebackhide__ = True
+    name = "relu_sae_forward"
+    sae = _relu_sae(0)
+    x = torch.randn(6, D_IN, generator=_gen(1)) + 1
+    W_enc, b_enc, W_dec, b_dec = (p.detach() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
+    out = call_student(fn, name, x, W_enc, b_enc, W_dec, b_dec)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise CheckFailed(f"`{name}` should return a tuple (latents, x_hat), but returned a {type(out).__name__}.")
+    latents = expect_tensor(out[0], f"{name}(...)[0] (latents)", (6, D_SAE), "batch d_sae")
+    x_hat = expect_tensor(out[1], f"{name}(...)[1] (x_hat)", (6, D_IN), "batch d_in")
+    with torch.no_grad():
+        want = sae.encode(x)
+        reject_known_mistakes(latents, [
+            ((x @ W_enc + b_enc).relu(), "you did not subtract b_dec from x before encoding: f = ReLU((x - b_dec) @ W_enc + b_enc)"),
+            ((x - b_dec) @ W_enc + b_enc, "your latents go negative: apply the ReLU, f = ReLU((x - b_dec) @ W_enc + b_enc)"),
+            (((x - b_dec) @ W_enc).relu(), "you left out the encoder bias b_enc"),
+        ], want)
+        expect_close(latents, want, f"{name} latents", hint="f = ReLU((x - b_dec) @ W_enc + b_enc)")
+        reject_known_mistakes(x_hat, [
+            (want @ W_dec, "x_hat is missing the decoder bias: x_hat = f @ W_dec + b_dec"),
+            (want @ W_dec - b_dec, "x_hat should add b_dec back: x_hat = f @ W_dec + b_dec"),
+        ], sae(x))
+        expect_close(x_hat, sae(x), f"{name} x_hat", hint="x_hat = f @ W_dec + b_dec")
+    passed(name)
+
+
+def relu_sae_loss(fn: Callable) -> None:
+    """Exercise 2: squared error summed over features + L1 weighted by decoder norms, both averaged over tokens."""
+    __tracebackhide__ = True
+    name = "relu_sae_loss"
+    l1_coefficient = 0.7
+    sae = _relu_sae(2, l1_coefficient)
+    x = torch.randn(10, D_IN, generator=_gen(3)) + 1
+    with torch.no_grad():
+        out = sae.forward_with_loss(x)
+    W_dec = sae.W_dec.detach()
+    got = expect_number(call_student(fn, name, x, out.latents, out.x_hat, W_dec, l1_coefficient), name)
+    error = (out.x_hat - x).pow(2)
+    norms = W_dec.norm(dim=-1)
+    l1_plain = out.latents.sum(-1).mean()
+    l1_weighted = (out.latents * norms).sum(-1).mean()
+    wrongs = [
+        (error.mean() + l1_coefficient * l1_weighted,
+         "your squared error is averaged over features too: sum it over the feature axis, then average over tokens"),
+        (error.sum(-1).mean() + l1_coefficient * l1_plain,
+         "your L1 term ignores the decoder norms: weight each latent by its decoder row's norm, Σ_i f_i ‖W_dec[i]‖"),
+        (error.sum() + l1_coefficient * (out.latents * norms).sum(),
+         "you summed over tokens: both terms are averages over the batch"),
+        (error.sum(-1).mean() + l1_coefficient * (out.latents.pow(2) * norms).sum(-1).mean(),
+         "that is an L2 penalty: the sparsity term is the L1 norm Σ_i f_i ‖W_dec[i]‖ (f is non-negative)"),
+        (error.sum(-1).mean(), "the sparsity term is missing: add l1_coefficient · Σ_i f_i ‖W_dec[i]‖"),
+    ]
+    want = out.loss.item()
+    reject_known_mistakes(torch.tensor(got), [(torch.tensor(float(w)), m) for w, m in wrongs], torch.tensor(want))
+    expect_close(torch.tensor(got), torch.tensor(want), name,
+                 hint="loss = mean over tokens of Σ_d (x̂ − x)² + l1_coefficient · Σ_i f_i ‖W_dec[i]‖")
+    passed(name, f"{got:.4f}")
+
+
+def topk_activation(fn: Callable) -> None:
+    """Exercise 3: keep each token's k largest pre-activations (then ReLU), zero the rest."""
+    __tracebackhide__ = True
+    name = "topk_activation"
+    pre = torch.randn(5, 3, D_SAE, generator=_gen(4))
+    pre[0, 0] = -pre[0, 0].abs() - 0.1  # a token whose pre-activations are all negative
+    for k in (1, 4):
+        got = expect_tensor(call_student(fn, name, pre.clone(), k), name, pre.shape, "... d_sae")
+        want = TopKSAE(D_IN, D_SAE, k=k).activation(pre)
+        top = pre.topk(k, dim=-1)
+        unrectified = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+        mask = torch.zeros_like(pre).scatter(-1, top.indices, 1.0)
+        smallest = pre.topk(k, dim=-1, largest=False)
+        flat = pre.flatten(0, 1)
+        batch_top = torch.zeros_like(flat).flatten()
+        chosen = flat.flatten().topk(k * flat.shape[0]).indices
+        batch_top[chosen] = flat.flatten()[chosen].relu()
+        reject_known_mistakes(got, [
+            (unrectified, "negative values survive: apply ReLU to the kept values (a token may then use fewer than k)"),
+            (mask, "you returned a 0/1 mask: keep the pre-activation values of the top k"),
+            (torch.zeros_like(pre).scatter(-1, smallest.indices, smallest.values.relu()),
+             "you kept the k smallest: use topk's default largest=True"),
+            (batch_top.view(pre.shape), "you chose the top k·n_tokens across the batch (that is BatchTopK): choose k per token, along the last axis"),
+        ], want)
+        expect_close(got, want, name, hint="top = pre.topk(k, dim=-1); scatter top.values.relu() into zeros at top.indices")
+    passed(name)
+
+
+def auxk_loss(fn: Callable) -> None:
+    """Exercise 4: the AuxK loss: dead latents' top-k_aux reconstruct the main reconstruction's error."""
+    __tracebackhide__ = True
+    name = "auxk_loss"
+    generator = _gen(5)
+    sae = TopKSAE(D_IN, D_SAE, k=2, k_aux=3, aux_coefficient=1.0)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.randn(D_SAE, D_IN, generator=generator))
+        sae.normalize_decoder_()
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[torch.randperm(D_SAE, generator=generator)[:10]] = True
+    sae.steps_since_fired[dead] = sae.dead_steps_threshold + 1
+    x = torch.randn(7, D_IN, generator=generator)
+    x_hat = (x + 0.5 * torch.randn(7, D_IN, generator=generator)).requires_grad_(True)
+    pre = torch.randn(7, D_SAE, generator=generator)
+    pre[:3, dead] = -pre[:3, dead].abs()  # tokens whose dead latents all have negative pre-activations
+    W_dec = sae.W_dec.detach().clone().requires_grad_(True)
+    got_loss = call_student(fn, name, x, x_hat, pre, dead, W_dec, 3)
+    got = expect_number(got_loss, name)
+    want = sae.aux_loss(x, x_hat.detach(), pre).item()
+    error = (x - x_hat.detach())
+
+    def variant(mask: Tensor, relu: bool = True, normalise: str = "centred") -> float:
+        top = pre.masked_fill(~mask, float("-inf")).topk(3, dim=-1)
+        values = top.values.relu() if relu else top.values
+        error_hat = torch.zeros_like(pre).scatter(-1, top.indices, values) @ W_dec.detach()
+        squared = (error_hat - error).pow(2).sum()
+        if normalise == "none":
+            return (squared / x.shape[0]).item()
+        baseline = error.pow(2).sum() if normalise == "uncentred" else (error - error.mean(0)).pow(2).sum()
+        return (squared / baseline).item()
+
+    everyone = torch.ones_like(dead)
+    wrongs = [
+        (variant(everyone), "you let every latent in: AuxK picks the top k_aux among the *dead* latents only "
+                            "(fill the others' pre-activations with -inf before topk)"),
+        (variant(dead, normalise="none"), "normalise the squared error by Σ‖e − mean(e)‖², the error's own variance, "
+                                          "so the coefficient means the same at every scale"),
+        (variant(dead, normalise="uncentred"), "normalise by the *centred* error, Σ‖e − mean(e)‖² over the batch"),
+        (variant(dead, relu=False), "apply ReLU to the dead latents' top-k_aux values before decoding"),
+    ]
+    reject_known_mistakes(torch.tensor(got), [(torch.tensor(w), m) for w, m in wrongs], torch.tensor(want), atol=1e-5)
+    expect_close(torch.tensor(got), torch.tensor(want), name,
+                 hint="e = x − x̂ (detached); ê = ReLU(top-k_aux of the dead latents' pre) @ W_dec; ‖ê − e‖² / ‖e − ē‖²")
+    if not isinstance(got_loss, Tensor) or not got_loss.requires_grad:
+        raise CheckFailed(f"`{name}` returned a number without a gradient: return the loss tensor, so W_dec can learn from it.")
+    got_loss.backward()
+    if x_hat.grad is not None and x_hat.grad.abs().max() > 0:
+        raise CheckFailed("the error e = x − x̂ must be detached: AuxK should train the dead latents, not push x̂ around")
+    if W_dec.grad is None or W_dec.grad[dead].abs().max() == 0:
+        raise CheckFailed("no gradient reaches the dead latents' decoder rows: decode the auxiliary latents with W_dec")
+    passed(name, f"{got:.4f}")
+
+
+def decoder_constraint(normalize_decoder: Callable, remove_parallel_gradient: Callable) -> None:
+    """Exercise 5: unit-norm decoder rows, and the gradient with each row's parallel component removed."""
+    __tracebackhide__ = True
+    generator = _gen(6)
+    W_dec = torch.randn(D_SAE, D_IN, generator=generator) * 3
+    grad = torch.randn(D_SAE, D_IN, generator=generator)
+    name = "normalize_decoder"
+    got = expect_tensor(call_student(normalize_decoder, name, W_dec.clone()), name, W_dec.shape, "d_sae d_in")
+    unit = W_dec / W_dec.norm(dim=-1, keepdim=True)
+    reject_known_mistakes(got, [
+        (W_dec / W_dec.norm(dim=0, keepdim=True), "you normalised columns: each *row* W_dec[i] is a latent's direction, norm over dim=-1"),
+        (W_dec / W_dec.norm(), "you divided by the norm of the whole matrix: normalise each row separately"),
+    ], unit)
+    expect_close(got, unit, name, hint="W_dec / W_dec.norm(dim=-1, keepdim=True)")
+    name = "remove_parallel_gradient"
+    got = expect_tensor(call_student(remove_parallel_gradient, name, unit.clone(), grad.clone()), name, grad.shape, "d_sae d_in")
+    want = grad - (grad * unit).sum(-1, keepdim=True) * unit
+    reject_known_mistakes(got, [
+        (grad, "the gradient is unchanged: subtract each row's component along W_dec[i]"),
+        ((grad * unit).sum(-1, keepdim=True) * unit, "you kept the parallel component: subtract it from the gradient instead"),
+        (grad - (grad * unit).sum(0, keepdim=True) * unit, "you summed over latents: take the dot product along each row (dim=-1)"),
+    ], want)
+    expect_close(got, want, name, hint="grad − (grad · u) u, with u the unit rows, the dot product over dim=-1")
+    # The rows are unit here; a solution that assumes so still fails on rows of other norms.
+    got = expect_tensor(call_student(remove_parallel_gradient, name, W_dec.clone(), grad.clone()), name, grad.shape)
+    if not torch.allclose((got * W_dec).sum(-1), torch.zeros(D_SAE), atol=1e-4):
+        raise CheckFailed("with rows that are not unit-norm your gradient keeps a parallel part: use u = W_dec[i] / ‖W_dec[i]‖")
+    passed("decoder constraint")
+
+
+def sae_metrics(l0: Callable, fvu: Callable, ce_loss_recovered: Callable) -> None:
+    """Exercise 6: L0, fraction of variance unexplained, CE loss recovered."""
+    __tracebackhide__ = True
+    generator = _gen(7)
+    latents = torch.randn(4, 5, D_SAE, generator=generator).relu() * (torch.rand(4, 5, D_SAE, generator=generator) < 0.2)
+    got = expect_number(call_student(l0, "l0", latents), "l0")
+    want = metrics.l0(latents)
+    nonzero = (latents != 0).float()
+    reject_known_mistakes(torch.tensor(got), [
+        (nonzero.sum(), "that is the total count over all tokens: L0 is the *mean* number of nonzero latents per token"),
+        (nonzero.mean(), "that is the fraction of latents that are on: L0 counts them per token (sum over latents, mean over tokens)"),
+        (latents.sum(-1).mean(), "you summed the activations: L0 counts nonzero latents, (latents != 0)"),
+    ], torch.tensor(want))
+    expect_close(torch.tensor(got), torch.tensor(want), "l0", hint="(latents != 0).sum(-1).float().mean()")
+
+    x = torch.randn(50, D_IN, generator=generator) * 2 + 3
+    x_hat = x + torch.randn(50, D_IN, generator=generator)
+    got = expect_number(call_student(fvu, "fvu", x, x_hat), "fvu")
+    want = metrics.fvu(x, x_hat)
+    residual = (x - x_hat).pow(2)
+    reject_known_mistakes(torch.tensor(got), [
+        (residual.sum() / x.pow(2).sum(), "you divided by Σ‖x‖²: the variance is about the mean, Σ‖x − mean(x)‖² (mean over tokens)"),
+        ((residual.sum(0) / (x - x.mean(0)).pow(2).sum(0)).mean(), "you averaged per-feature ratios: divide the total squared error by the total variance"),
+        (torch.tensor(1 - want), "that is the explained variance: FVU = 1 − explained variance"),
+        (residual.sum() / (x - x.mean()).pow(2).sum(), "centre each feature by its own mean over tokens, x.mean(0), not one scalar mean"),
+    ], torch.tensor(want))
+    expect_close(torch.tensor(got), torch.tensor(want), "fvu", hint="Σ‖x − x̂‖² / Σ‖x − x.mean(0)‖²")
+
+    for clean, sae_ce, zero in ((3.0, 3.5, 8.0), (2.0, 6.0, 7.0)):
+        got = expect_number(call_student(ce_loss_recovered, "ce_loss_recovered", clean, sae_ce, zero), "ce_loss_recovered")
+        want = (zero - sae_ce) / (zero - clean)
+        reject_known_mistakes(torch.tensor(got), [
+            (torch.tensor(1 - want), "that is the fraction *lost*: recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)"),
+            (torch.tensor((zero - sae_ce) / (sae_ce - clean)), "the denominator is the whole gap, CE_zero − CE_clean"),
+            (torch.tensor(clean / sae_ce), "a ratio of losses ignores the zero-ablation baseline: (CE_zero − CE_sae) / (CE_zero − CE_clean)"),
+        ], torch.tensor(want))
+        expect_close(torch.tensor(got), torch.tensor(want), "ce_loss_recovered", hint="(CE_zero − CE_sae) / (CE_zero − CE_clean)")
+    passed("metrics", "l0, fvu and ce_loss_recovered")
+
+
+def _dead_case() -> tuple[TopKSAE, Tensor]:
+    """A TopK SAE and activations where some latents fire only late, and some are positive but never in the top k."""
+    generator = _gen(8)
+    sae = TopKSAE(D_IN, D_SAE, k=2)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.linspace(-4, 0.5, D_SAE))
+    x = torch.randn(300, D_IN, generator=generator)
+    # The last batch lights up latent 0, which otherwise never makes the top 2.
+    x[-5:] = sae.b_dec + 12 * sae.W_enc[:, 0].detach()
+    return sae.eval(), x
+
+
+def dead_latents(fn: Callable) -> None:
+    """Exercise 7: a boolean mask of latents that are zero on every one of the activations."""
+    __tracebackhide__ = True
+    name = "dead_latents"
+    sae, x = _dead_case()
+    got = call_student(fn, name, sae, x, 64)
+    if not isinstance(got, Tensor) or got.dtype != torch.bool:
+        raise CheckFailed(f"`{name}` should return a boolean tensor (True = dead), not {type(got).__name__}"
+                          f"{'' if not isinstance(got, Tensor) else ' of ' + str(got.dtype)}.")
+    got = expect_tensor(got, name, (D_SAE,), "d_sae")
+    with torch.no_grad():
+        want = (metrics.fire_counts(sae.encode(x)) == 0).float()
+        pre_positive = ~(sae.pre_activations(x) > 0).any(0)
+        first_batch = metrics.fire_counts(sae.encode(x[:64])) == 0
+    reject_known_mistakes(got, [
+        (1 - want, "your mask is inverted: True should mark latents that never fired"),
+        (pre_positive.float(), "a positive pre-activation is not firing: a TopK latent fires only if it is kept, latents != 0"),
+        (first_batch.float(), "you looked at the first batch only: accumulate fire counts over every batch"),
+    ], want)
+    expect_close(got, want, name, hint="count (sae.encode(batch) != 0) per latent over all batches; dead = count == 0")
+    passed(name, f"{int(want.sum())} of {D_SAE} dead in the test case")
+
+
+def max_activating_examples(fn: Callable) -> None:
+    """Exercise 8: the k largest activations of one latent over (row, position), as (row, position, value)."""
+    __tracebackhide__ = True
+    name = "max_activating_examples"
+    generator = _gen(9)
+    acts = torch.rand(6, 10, generator=generator) * (torch.rand(6, 10, generator=generator) < 0.4)
+    acts[2, 3], acts[2, 7] = 5.0, 4.0  # two of the top examples in one row
+    k = 4
+    got = call_student(fn, name, acts.clone(), k)
+    if not isinstance(got, list) or not all(isinstance(t, tuple) and len(t) == 3 for t in got):
+        raise CheckFailed(f"`{name}` should return a list of (row, position, value) tuples, not {type(got).__name__}.")
+    top = acts.flatten().topk(k)
+    want = [(int(i) // acts.shape[1], int(i) % acts.shape[1], float(v)) for v, i in zip(top.values, top.indices)]
+    as_tensor = lambda items: torch.tensor([[float(r), float(p), float(v)] for r, p, v in items])  # noqa: E731
+    per_row = acts.max(dim=1)
+    one_per_row = sorted(((r, int(per_row.indices[r]), float(per_row.values[r])) for r in range(acts.shape[0])),
+                         key=lambda t: -t[2])[:k]
+    if len(got) != k:
+        raise CheckFailed(f"`{name}` returned {len(got)} examples; it should return k = {k}.")
+    reject_known_mistakes(as_tensor(got), [
+        (as_tensor(want[::-1]), "your examples are in ascending order: strongest first"),
+        (as_tensor([(p, r, v) for r, p, v in want]), "row and position are swapped: return (row, position, value)"),
+        (as_tensor(one_per_row), "you took one example per row: a row can hold several top examples, take topk over all cells"),
+    ], as_tensor(want))
+    expect_close(as_tensor(got), as_tensor(want), name,
+                 hint="top = acts.flatten().topk(k); row = index // n_positions, position = index % n_positions")
+    passed(name)
+
+
+def steering_hook(fn: Callable) -> None:
+    """Exercise 9: a hook that adds value · direction to the residual stream at every position."""
+    __tracebackhide__ = True
+    name = "steering_hook"
+    generator = _gen(10)
+    resid = torch.randn(2, 5, D_IN, generator=generator)
+    direction = torch.randn(D_IN, generator=generator) * 0.3
+    value = 4.0
+    out = call_student(fn, name, resid.clone(), None, direction, value)
+    got = expect_tensor(out, name, resid.shape, "batch pos d_model")
+    want = resid + value * direction
+    last, first = resid.clone(), resid.clone()
+    last[:, -1] += value * direction
+    first[:, 0] += value * direction
+    reject_known_mistakes(got, [
+        (resid + value * direction / direction.norm(), "you normalised the direction: add value · W_dec[latent] as it is "
+                                                       "(that is what the SAE adds when the latent fires at `value`)"),
+        (last, "you steered only the last position: add the direction at every position"),
+        (first, "you steered only position 0: add the direction at every position"),
+        (value * direction.expand_as(resid), "you replaced the residual stream: add to it"),
+        (resid * (1 + value), "you scaled the stream: add value · direction"),
+    ], want)
+    expect_close(got, want, name, hint="return activation + value * direction")
+    passed(name)
