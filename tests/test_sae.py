@@ -429,3 +429,20 @@ def test_load_released_converts_what_saelens_downloads(monkeypatch):
     x = torch.randn(16, D_IN)
     with torch.no_grad():
         torch.testing.assert_close(ours.encode(x), theirs.encode(x), atol=1e-5, rtol=1e-5)
+
+
+def test_topk_training_pass_decodes_sparsely_with_the_dense_pass_values_and_gradients():
+    torch.manual_seed(0)
+    topk = sae.TopKSAE(D_IN, D_SAE, k=K)
+    with torch.no_grad():
+        topk.b_dec.normal_()
+    x = torch.randn(3, 5, D_IN)
+    out = topk.forward_with_loss(x)  # embedding-bag decode
+    torch.testing.assert_close(out.x_hat, topk(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.latents, topk.encode(x))
+    out.mse.backward()
+    sparse_grads = [p.grad.clone() for p in topk.parameters()]
+    topk.zero_grad()
+    (topk(x) - x).pow(2).sum(-1).mean().backward()  # the dense path
+    for sparse, param in zip(sparse_grads, topk.parameters()):
+        torch.testing.assert_close(sparse, param.grad, atol=1e-5, rtol=1e-4)

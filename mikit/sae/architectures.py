@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -155,8 +156,7 @@ class SAE(nn.Module):
     def forward_with_loss(self, x: Float[Tensor, "*batch d_in"]) -> SAEOutput:
         """Reconstruction, latents and every loss term for one batch (one training step's forward pass)."""
         pre = self.pre_activations(x)
-        latents = self.activation(pre)
-        x_hat = self.decode(latents)
+        latents, x_hat = self._latents_and_reconstruction(pre)
         if self.training:
             self._update_training_statistics(latents)
         mse = (x_hat - x.to(x_hat.dtype)).pow(2).sum(dim=-1).mean()
@@ -165,6 +165,11 @@ class SAE(nn.Module):
         return SAEOutput(x_hat, latents, pre, mse, sparsity, aux, mse + sparsity + aux)
 
     # Hooks the architectures override; by default there is no extra term.
+
+    def _latents_and_reconstruction(self, pre: Float[Tensor, "*batch d_sae"]) -> tuple[Tensor, Tensor]:
+        """Latents and x̂ from pre-activations (training's forward pass; TopK decodes sparsely)."""
+        latents = self.activation(pre)
+        return latents, self.decode(latents)
 
     def sparsity_loss(self, pre: Float[Tensor, "*batch d_sae"], latents: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, ""]:
         """The architecture's sparsity penalty (times its coefficient)."""
@@ -254,6 +259,19 @@ class TopKSAE(SAE):
         # ReLU after TopK: a token whose k-th best pre-activation is negative gets fewer than k latents.
         return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
 
+    def _latents_and_reconstruction(self, pre: Float[Tensor, "*batch d_sae"]) -> tuple[Tensor, Tensor]:
+        top = pre.topk(self.k, dim=-1, sorted=False)
+        values = top.values.relu()
+        latents = torch.zeros_like(pre).scatter(-1, top.indices, values)
+        # Decode from the k kept latents only: per token a weighted sum of k decoder rows (an embedding
+        # bag), not a dense (tokens × d_sae) @ (d_sae × d_in) product that is mostly zeros. Training's
+        # backward pass then also touches only those rows (as in Gao et al.'s and EleutherAI's kernels).
+        x_hat = F.embedding_bag(
+            top.indices.reshape(-1, self.k), self.W_dec, per_sample_weights=values.reshape(-1, self.k).to(self.W_dec.dtype),
+            mode="sum",
+        )
+        return latents, x_hat.view(*pre.shape[:-1], self.d_in) + self.b_dec
+
     @torch.no_grad()
     def _update_training_statistics(self, latents: Float[Tensor, "*batch d_sae"]) -> None:
         fired = (latents.reshape(-1, self.d_sae) != 0).any(dim=0)
@@ -312,6 +330,9 @@ class BatchTopKSAE(TopKSAE):
         super().__init__(d_in, d_sae, k=k, **kwargs)
         self.register_buffer("threshold", torch.zeros((), dtype=self.W_enc.dtype, device=self.W_enc.device))
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long, device=self.W_enc.device), persistent=False)
+
+    # Tokens keep different numbers of latents, so decode densely.
+    _latents_and_reconstruction = SAE._latents_and_reconstruction
 
     def activation(self, pre: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_sae"]:
         acts = pre.relu()
