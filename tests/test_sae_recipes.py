@@ -1,7 +1,6 @@
 """SAE recipes in a reduced form: a tiny recipe on the character zoo model trains, evaluates, indexes and saves."""
 
 import dataclasses
-import json
 
 import pytest
 import torch
@@ -10,7 +9,8 @@ import mikit
 from mikit.sae import load
 from mikit.sae import __main__ as cli
 from mikit.sae.dashboard import LatentIndex
-from mikit.sae.recipes import RECIPES, SAERecipe, recipe_activations, train_recipe
+from mikit.sae.evaluation import evaluate
+from mikit.sae.recipes import RECIPES, SAE_DIR, SAERecipe, recipe_activations, recipe_rows, train_recipe
 
 TINY = SAERecipe(
     name="tiny", model="attn-only-2l", hook_name="blocks.1.hook_resid_pre", d_sae=256, k=8, corpus="bbc",
@@ -64,3 +64,21 @@ def test_cli_caches_activations_then_trains_from_them(monkeypatch, tmp_path, act
     recipe = load(tmp_path / "sae").metadata["recipe"]
     assert recipe["train_rows"] == 48 and recipe["epochs"] == 1
 
+
+
+def test_the_shipped_sae_meets_the_bars_its_recipe_recorded():
+    recipe = RECIPES["smollm2-135m-l15-topk64"]
+    sae = load(SAE_DIR / recipe.name)
+    recorded = sae.metadata["metrics"]
+    assert sae.metadata["recipe"] == dataclasses.asdict(recipe)
+    assert recorded["explained_variance"] >= 0.8 and recorded["l0"] <= 64
+    assert recorded["ce_loss_recovered"] >= 0.8 and recorded["dead_fraction"] <= 0.1
+    # Re-measured on the first 8 held-out rows: the file holds the SAE the metrics describe.
+    model = mikit.load_model(recipe.model, device="cpu")
+    rows = recipe_rows(recipe, model.tokenizer)["eval"][:8]
+    report = evaluate(sae, model, recipe.hook_name, rows)
+    assert report["explained_variance"] == pytest.approx(recorded["explained_variance"], abs=0.05)
+    assert report["ce_loss_recovered"] == pytest.approx(recorded["ce_loss_recovered"], abs=0.05)
+    index = LatentIndex.load(SAE_DIR / recipe.name)
+    assert index.tokens.shape == (recipe.index_rows, recipe.context)
+    assert torch.equal(index.tokens[-recipe.eval_rows :][:8], rows)

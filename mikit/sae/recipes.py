@@ -1,7 +1,7 @@
 """Recipes for the SAEs mikit ships: trained offline on a CPU, from a seed, and measured on held-out text.
 
-    python -m mikit.sae cache smollm2-135m-l15-topk32 acts.safetensors   # the training activations (~25 min)
-    python -m mikit.sae train smollm2-135m-l15-topk32 [--activations acts.safetensors]
+    python -m mikit.sae cache smollm2-135m-l15-topk64 acts.safetensors   # the training activations (~25 min)
+    python -m mikit.sae train smollm2-135m-l15-topk64 [--activations acts.safetensors]
 
 `train` writes data/saes/<name>/: the SAE in SAELens's format, with the recipe, the seed, the time it
 took and the held-out metrics in its cfg.json metadata, and a latent index for the dashboard. Without
@@ -52,9 +52,9 @@ class SAERecipe:
 
 
 RECIPES = {
-    "smollm2-135m-l15-topk32": SAERecipe(
-        name="smollm2-135m-l15-topk32", model="smollm2-135m", hook_name="blocks.15.hook_resid_pre",
-        d_sae=2304, k=32, corpus="bbc", context=128, train_rows=4096, epochs=4, batch_size=2048, lr=4e-4,
+    "smollm2-135m-l15-topk64": SAERecipe(
+        name="smollm2-135m-l15-topk64", model="smollm2-135m", hook_name="blocks.15.hook_resid_pre",
+        d_sae=2304, k=64, corpus="bbc", context=128, train_rows=4096, epochs=4, batch_size=2048, lr=4e-4,
         eval_rows=128, index_rows=512, seed=0,
     ),
 }
