@@ -5,7 +5,7 @@ import torch
 
 import mikit
 from mikit.sae import TopKSAE
-from mikit.sae.dashboard import LatentIndex, latent_dashboard, logit_effects, top_contexts_html
+from mikit.sae.dashboard import LatentIndex, latent_dashboard, latents_for_token, logit_effects, top_contexts_html
 from mikit.sae.steering import generate_steered, steering_hook, steering_table
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -78,6 +78,15 @@ def test_index_rejects_bad_input(sae, model, rows, index):
     with pytest.raises(ValueError, match=r"latent must be an integer in \[0, 64\)"):
         index.examples(64)
 
+
+def test_latents_for_token_ranks_latents_by_top_examples_on_that_token(index, model):
+    char = " "  # the character tokenizer: every token is one character
+    found = latents_for_token(index, model.tokenizer, char, n=64)
+    hits = lambda latent: sum(model.tokenizer.decode([int(index.tokens[r, p])]) == char  # noqa: E731
+                              for r, p, _ in index.examples(latent, 10))
+    expected = sorted((latent for latent in range(index.d_sae) if hits(latent)), key=lambda l: (-hits(l), -index.top_values[l, 0]))
+    assert found == expected and found
+    assert latents_for_token(index, model.tokenizer, "#") == []  # not in the text
 
 def test_logit_effects_are_the_unit_decoder_direction_through_the_unembedding(sae, model):
     boosted, suppressed = logit_effects(sae, model, 3, k=4)

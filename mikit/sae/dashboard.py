@@ -4,6 +4,7 @@
     index.save(folder); index = LatentIndex.load(folder)                       # shipped beside the SAE
     latent_card(index, model, sae, 42)          # static HTML: contexts, histogram, boosted/suppressed tokens
     latent_dashboard(index, model, sae)         # the same, with a latent picker and an explanation box
+    latents_for_token(index, model.tokenizer, " music")   # latents whose top examples sit on a word
 
 The index keeps, for every latent, its `top_k` largest activations (row, position, value), how often it
 fires and a histogram of its nonzero activations, plus the token rows themselves, so a dashboard needs
@@ -128,6 +129,20 @@ class LatentIndex:
         if not isinstance(latent, int) or not 0 <= latent < self.d_sae:
             raise ValueError(f"latent must be an integer in [0, {self.d_sae}), not {latent!r}.")
 
+
+def latents_for_token(index: LatentIndex, tokenizer, token: str, n: int = 5, top_k: int = 10) -> list[int]:
+    """The `n` latents whose `top_k` strongest examples most often sit on `token` (e.g. " music"), best first.
+
+    A way to find a latent for a concept on any SAE; latents with no such example are left out.
+    """
+    target = token.strip().lower()
+    counts = []
+    for latent in range(index.d_sae):
+        tokens = [tokenizer.decode([int(index.tokens[r, p])]) for r, p, _ in index.examples(latent, top_k)]
+        hits = sum(t.strip().lower() == target for t in tokens)
+        if hits:
+            counts.append((-hits, -float(index.top_values[latent, 0]), latent))
+    return [latent for *_, latent in sorted(counts)[:n]]
 
 @torch.no_grad()
 def logit_effects(

@@ -62,4 +62,4 @@ def steering_table(
                         f"{html.escape(text[len(prompt):] if text.startswith(prompt) else text)}</td>"
                         for text in (plain, steered))
         rows.append(f"<tr>{cells}</tr>")
-    return HTML(f"<table><tr><th>without steering</th><th>latent {latent} × {value:g}</th></tr>{''.join(rows)}</table>")
+    return HTML(f"<table><tr><th>without steering</th><th>latent {latent} × {value:.3g}</th></tr>{''.join(rows)}</table>")
