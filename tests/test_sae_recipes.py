@@ -32,7 +32,7 @@ def trained(activations, tmp_path_factory):
 
 def test_recipe_trains_an_sae_that_reconstructs_held_out_text(trained):
     _, _, report = trained
-    # Measured: explained variance 0.80 and CE loss recovered 0.98 on the 8 held-out rows.
+    # Measured: explained variance 0.73 and CE loss recovered 0.92 on the 8 held-out rows.
     assert report["explained_variance"] > 0.6 and report["ce_loss_recovered"] > 0.8
     assert report["l0"] == pytest.approx(8)
     assert report["ce_clean"] < report["ce_sae"] < report["ce_zero_ablation"]
