@@ -51,8 +51,8 @@ class T2IRecipe:
 
 
 RECIPE = T2IRecipe(
-    name="tiny-t2i", d_model=128, n_heads=4, n_layers=4, d_mlp=256, n_scenes=20_000, steps=3000, batch_size=64,
-    lr=1e-3, eval_scenes=200, sample_steps=20, guidance=3.0, seed=0,
+    name="tiny-t2i", d_model=96, n_heads=4, n_layers=3, d_mlp=192, n_scenes=20_000, steps=2500, batch_size=64,
+    lr=2e-3, eval_scenes=200, sample_steps=20, guidance=3.0, seed=0,
 )
 
 
