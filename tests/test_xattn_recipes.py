@@ -16,7 +16,7 @@ TINY = dataclasses.replace(RECIPE, d_model=32, n_heads=2, n_layers=1, d_mlp=64, 
 
 def test_recipe_saves_a_model_that_loads_back_with_its_report(tmp_path):
     model, report = train_recipe(TINY, tmp_path, progress=False)
-    assert sum(report[k] for k in ("ok", "leaked", "neglected")) == pytest.approx(1.0)
+    assert sum(report[k] for k in ("ok", "leaked", "misshaped", "neglected")) == pytest.approx(1.0)
     loaded = load_t2i(tmp_path)
     data = SceneData.generate(2, seed=9)
     t = torch.full((2,), 0.5)

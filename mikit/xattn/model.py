@@ -35,6 +35,7 @@ class TinyT2IConfig:
     d_mlp: int = 256
     caption_length: int = 16
     d_vocab: int = len(VOCAB)
+    causal_text: bool = True  # the caption encoder's mask: causal as CLIP's, or bidirectional
 
     @property
     def n_patches(self) -> int:
@@ -42,6 +43,15 @@ class TinyT2IConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def sincos_2d(side: int, d_model: int) -> Float[Tensor, "patches d"]:
+    """Fixed sin-cos position vectors for a side × side grid: half the dimensions code the row, half the column."""
+    quarter = d_model // 4
+    freqs = torch.exp(-math.log(100.0) * torch.arange(quarter) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    angles = [axis.flatten()[:, None].float() * freqs[None] for axis in (rows, cols)]
+    return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=-1)
 
 
 class Attention(nn.Module):
@@ -106,7 +116,8 @@ class TinyT2I(HookedRootModule):
         self.cfg = cfg
         patch_dim = 3 * cfg.patch**2
         self.embed_patches = nn.Linear(patch_dim, cfg.d_model)
-        self.pos_image = nn.Parameter(torch.randn(cfg.n_patches, cfg.d_model) * 0.02)
+        # Fixed 2-D sin-cos positions (as DiT): neighbouring patches know they are neighbours from step 0.
+        self.register_buffer("pos_image", sincos_2d(SIZE // cfg.patch, cfg.d_model), persistent=False)
         self.embed_words = nn.Embedding(cfg.d_vocab, cfg.d_model)
         self.pos_words = nn.Parameter(torch.randn(cfg.caption_length, cfg.d_model) * 0.02)
         self.caption_encoder = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_mlp, dropout=0.0,
@@ -117,6 +128,13 @@ class TinyT2I(HookedRootModule):
         self.unembed_patches = nn.Linear(cfg.d_model, patch_dim)
         nn.init.zeros_(self.unembed_patches.weight)
         nn.init.zeros_(self.unembed_patches.bias)
+        # A 3×3 convolution over the reassembled image smooths the seams between patches (as U-ViT does);
+        # it starts as the identity.
+        self.refine = nn.Conv2d(3, 3, 3, padding=1)
+        with torch.no_grad():
+            self.refine.weight.zero_()
+            self.refine.weight[range(3), range(3), 1, 1] = 1.0
+            self.refine.bias.zero_()
         self.hook_words = HookPoint()  # (B, caption, d): the encoded caption every cross-attention reads
         self.setup()  # names every HookPoint after its module path (TransformerLens)
 
@@ -140,7 +158,15 @@ class TinyT2I(HookedRootModule):
         """The caption's word vectors (B, c, d) and its padding mask (B, c)."""
         padding = caption_ids == VOCAB.index("<pad>")
         words = self.embed_words(caption_ids) + self.pos_words[: caption_ids.shape[1]]
-        return self.hook_words(self.caption_encoder(words, src_key_padding_mask=padding)), padding
+        # Causal (the default), as CLIP's text encoder: a word sees only the words before it, so "circle" in
+        # "a large red circle" carries its whole phrase while "large" knows nothing of the circle yet.
+        n = caption_ids.shape[1]
+        if self.cfg.causal_text:
+            causal = torch.ones(n, n, dtype=torch.bool, device=caption_ids.device).triu(1)  # True: may not attend
+            encoded = self.caption_encoder(words, src_mask=causal, is_causal=True, src_key_padding_mask=padding)
+        else:
+            encoded = self.caption_encoder(words, src_key_padding_mask=padding)
+        return self.hook_words(encoded), padding
 
     def forward(self, images: Float[Tensor, "b 3 h w"], t: Float[Tensor, "b"],
                 caption_ids: Int[Tensor, "b c"]) -> Float[Tensor, "b 3 h w"]:
@@ -149,4 +175,4 @@ class TinyT2I(HookedRootModule):
         x = self.embed_patches(self.patchify(images)) + self.pos_image
         for block in self.blocks:
             x = block(x, time, words, padding)
-        return self.unpatchify(self.unembed_patches(self.norm_out(x)))
+        return self.refine(self.unpatchify(self.unembed_patches(self.norm_out(x))))

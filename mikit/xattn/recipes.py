@@ -5,7 +5,8 @@
 
 config.json holds the model's shape, the recipe, the time training took and how well the model draws
 held-out captions: the share of caption objects drawn right ("ok"), drawn in another caption object's
-colour ("leaked") and missing ("neglected"), as `mikit.xattn.parser` reads the samples.
+colour ("leaked"), in their colour but another shape ("misshaped") and missing ("neglected"), as
+`mikit.xattn.parser` reads the samples.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mikit.xattn.model import TinyT2I, TinyT2IConfig
-from mikit.xattn.parser import compare, parse_scene
+from mikit.xattn.parser import VERDICTS, compare, parse_scene
 from mikit.xattn.training import SceneData, sample, train_t2i
 
 XATTN_DIR = Path(__file__).resolve().parents[2] / "data" / "xattn"
@@ -45,9 +46,12 @@ class T2IRecipe:
     sample_steps: int
     guidance: float
     seed: int
+    ema: float | None = 0.995
+    causal_text: bool = True
 
     def model_config(self) -> TinyT2IConfig:
-        return TinyT2IConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, d_mlp=self.d_mlp)
+        return TinyT2IConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, d_mlp=self.d_mlp,
+                             causal_text=self.causal_text)
 
 
 RECIPE = T2IRecipe(
@@ -59,14 +63,14 @@ RECIPE = T2IRecipe(
 @torch.no_grad()
 def judge(model: TinyT2I, data: SceneData, steps: int = 20, guidance: float = 3.0, seed: int = 0,
           batch_size: int = 100) -> dict[str, float]:
-    """Sample every caption of `data` and parse the images: shares of caption objects ok, leaked, neglected."""
+    """Sample every caption of `data` and parse the images: shares of caption objects per verdict (parser.VERDICTS)."""
     verdicts: Counter[str] = Counter()
     for start in range(0, data.captions.shape[0], batch_size):
         images = sample(model, data.captions[start : start + batch_size], steps, guidance, seed=seed + start)
         for scene, image in zip(data.scenes[start : start + batch_size], images):
             verdicts.update(compare(scene.objects, parse_scene(image)))
     total = sum(verdicts.values())
-    return {kind: verdicts[kind] / total for kind in ("ok", "leaked", "neglected")}
+    return {kind: verdicts[kind] / total for kind in VERDICTS}
 
 
 def train_recipe(recipe: T2IRecipe = RECIPE, out: Path | None = None, progress: bool = True) -> tuple[TinyT2I, dict]:
@@ -75,7 +79,7 @@ def train_recipe(recipe: T2IRecipe = RECIPE, out: Path | None = None, progress: 
     model = TinyT2I(recipe.model_config())
     start = time.perf_counter()
     history = train_t2i(model, SceneData.generate(recipe.n_scenes, seed=recipe.seed), recipe.steps,
-                        recipe.batch_size, recipe.lr, seed=recipe.seed, progress=progress)
+                        recipe.batch_size, recipe.lr, ema=recipe.ema, seed=recipe.seed, progress=progress)
     seconds = time.perf_counter() - start
     held_out = SceneData.generate(recipe.eval_scenes, seed=recipe.seed + 1)
     report = {"final_loss": history["loss"][-1],
