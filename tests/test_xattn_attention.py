@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from mikit.xattn.attention import CrossAttentionStore, iou, upsample, word_heatmap
+from mikit.xattn.attention import (
+    CrossAttentionStore, iou, mean_iou, miou_report, noised_attention, object_word_heatmaps, upsample, word_heatmap,
+)
 from mikit.xattn.model import TinyT2I, TinyT2IConfig
 from mikit.xattn.training import SceneData, empty_captions, sample
 
@@ -54,3 +56,31 @@ def test_iou():
     a[:2], b[1:3] = True, True
     assert iou(a, b) == pytest.approx(4 / 12)
     assert iou(a, a) == 1.0 and iou(b & ~b, a & ~a) == 1.0
+
+
+def test_noised_attention_reads_real_images_at_each_time(model):
+    data = SceneData.generate(2, seed=4)
+    maps = noised_attention(model, data.images, data.captions, [0.3, 0.9], seed=1)
+    assert maps.shape == (2, 2, 2, 2, 64, 16)
+    noise = torch.randn(data.images.shape, generator=torch.Generator().manual_seed(1))
+    _, cache = model.run_with_cache(0.1 * noise + 0.9 * data.images, torch.full((2,), 0.9), data.captions)
+    torch.testing.assert_close(maps[1, 0], cache["blocks.0.cross_attn.hook_pattern"])
+
+
+def test_miou_scores_maps_that_sit_on_the_objects_masks():
+    scenes = SceneData.generate(3, seed=5).scenes
+    maps = torch.zeros(1, 2, 3, 1, 64, 16)  # step, layer, prompt, head, patch, word
+    for p, scene in enumerate(scenes):
+        for w, owner in enumerate(scene.word_object):
+            if owner >= 0:  # layer 0: each object word attends to its object's patches; layer 1: to the corner
+                patches = scene.masks[owner].reshape(8, 4, 8, 4).float().mean(dim=(1, 3)).flatten()
+                maps[0, 0, p, 0, :, w + 1] = patches
+                maps[0, 1, p, 0, 0, w + 1] = 1.0
+    heats, masks, kinds = object_word_heatmaps(maps, scenes)
+    assert heats.shape == (len(kinds), 1, 2, 32, 32) and set(kinds) == {"size", "colour", "shape"}
+    report = miou_report(maps[:, :1], scenes)
+    assert report["overall"] > 0.6 and report["per_kind"]["shape"] == pytest.approx(report["overall"])
+    assert miou_report(maps[:, 1:], scenes)["overall"] < 0.1
+    both = miou_report(maps, scenes)
+    assert both["per_layer"][0] > 0.6 > 0.1 > both["per_layer"][1] and len(both["per_step"]) == 1
+    assert mean_iou(heats[:, 0, 0], masks) == pytest.approx(report["overall"])

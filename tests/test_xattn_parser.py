@@ -1,4 +1,4 @@
-"""The scene parser reads rendered scenes back exactly and judges captions: ok, leaked or neglected."""
+"""The scene parser reads rendered scenes back exactly and judges captions: ok, leaked, misshaped or neglected."""
 
 import torch
 
@@ -31,7 +31,7 @@ def test_regions_are_four_connected_components():
     assert sizes == [1, 4, 20]
 
 
-def test_compare_tells_ok_from_leaked_and_neglected():
+def test_compare_tells_ok_from_leaked_misshaped_and_neglected():
     red_circle = SceneObject("circle", "red", "large", 8, 8)
     blue_square = SceneObject("square", "blue", "large", 24, 24)
     image, _ = render([red_circle, blue_square])
@@ -42,3 +42,5 @@ def test_compare_tells_ok_from_leaked_and_neglected():
     assert compare([red_circle, blue_square], parse_scene(only_circle)) == ["ok", "neglected"]
     green_square, _ = render([red_circle, SceneObject("square", "green", "large", 24, 24)])
     assert compare([red_circle, blue_square], parse_scene(green_square)) == ["ok", "neglected"]  # green is not in the caption
+    blue_triangle, _ = render([red_circle, SceneObject("triangle", "blue", "large", 24, 24)])
+    assert compare([red_circle, blue_square], parse_scene(blue_triangle)) == ["ok", "misshaped"]

@@ -92,3 +92,52 @@ def iou(predicted: Bool[Tensor, "... h w"], target: Bool[Tensor, "... h w"]) -> 
     """Intersection over union of two masks (1.0 when both are empty)."""
     union = (predicted | target).sum().item()
     return 1.0 if union == 0 else (predicted & target).sum().item() / union
+
+
+@torch.no_grad()
+def noised_attention(model, images: Float[Tensor, "prompt 3 32 32"], captions: Tensor,
+                     times: list[float], seed: int = 0) -> Float[Tensor, "time layer prompt head patch word"]:
+    """Cross-attention of the model on real images noised to each time t (0 = noise, 1 = image), as DAAM
+    reads real images: the masks of the scenes are then the exact ground truth for every word."""
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    with CrossAttentionStore(model) as store:
+        for t in times:
+            model((1 - t) * noise + t * images, torch.full((images.shape[0],), t), captions)
+    return store.stacked()
+
+
+def object_word_heatmaps(maps: Float[Tensor, "step layer prompt head patch word"], scenes) -> tuple[Tensor, Tensor, list[str]]:
+    """Every object word's heatmap per step and layer (head mean, upsampled, not yet normalised), its true
+    mask and its kind: (n_words, step, layer, 32, 32), (n_words, 32, 32) bool, ["size" | "colour" | "shape"]."""
+    from mikit.xattn.scenes import COLOURS, RADII
+
+    heads_mean = maps.mean(dim=3)  # (step, layer, prompt, patch, word)
+    heats, masks, kinds = [], [], []
+    for p, scene in enumerate(scenes):
+        for w, owner in enumerate(scene.word_object):
+            if owner < 0:
+                continue
+            heats.append(upsample(heads_mean[:, :, p, :, w + 1]))  # token w + 1: <bos> comes first
+            masks.append(scene.masks[owner])
+            word = scene.words[w]
+            kinds.append("size" if word in RADII else "colour" if word in COLOURS else "shape")
+    return torch.stack(heats), torch.stack(masks), kinds
+
+
+def mean_iou(heat: Float[Tensor, "n h w"], masks: Bool[Tensor, "n h w"], threshold: float = 0.4) -> float:
+    """Mean IoU of heatmaps (each scaled to a maximum of 1, then cut at `threshold`) against masks."""
+    heat = heat / heat.flatten(1).amax(-1).clamp_min(1e-12)[:, None, None]
+    return sum(iou(h >= threshold, m) for h, m in zip(heat, masks)) / len(masks)
+
+
+def miou_report(maps: Float[Tensor, "step layer prompt head patch word"], scenes, threshold: float = 0.4) -> dict:
+    """Object-word mIoU overall, per layer (all steps), per step (all layers) and per word kind."""
+    heats, masks, kinds = object_word_heatmaps(maps, scenes)
+    overall = heats.mean(dim=(1, 2))
+    return {
+        "overall": mean_iou(overall, masks, threshold),
+        "per_layer": [mean_iou(heats[:, :, layer].mean(1), masks, threshold) for layer in range(heats.shape[2])],
+        "per_step": [mean_iou(heats[:, step].mean(1), masks, threshold) for step in range(heats.shape[1])],
+        "per_kind": {kind: mean_iou(overall[[k == kind for k in kinds]], masks[[k == kind for k in kinds]], threshold)
+                     for kind in ("size", "colour", "shape")},
+    }

@@ -94,10 +94,15 @@ def parse_scene(image: Float[Tensor, "3 32 32"], min_pixels: int = 12) -> list[P
     return objects
 
 
+VERDICTS = ("ok", "leaked", "misshaped", "neglected")
+
+
 def compare(wanted: list[SceneObject], found: list[ParsedObject]) -> list[str]:
-    """Per caption object: "ok" (its colour and shape are drawn), "leaked" (its shape is drawn, but in
-    another caption object's colour: a binding error) or "neglected" (neither)."""
+    """Per caption object, the first of these that holds: "ok" (a region has its colour and shape),
+    "leaked" (its shape is drawn in another caption object's colour: a binding error), "misshaped" (its
+    colour is drawn, but not in its shape) or "neglected" (nothing in its colour: the object is missing)."""
     drawn = {(o.colour, o.shape) for o in found}
+    drawn_colours = {o.colour for o in found}
     caption_colours = {o.colour for o in wanted}
     verdicts = []
     for obj in wanted:
@@ -105,6 +110,8 @@ def compare(wanted: list[SceneObject], found: list[ParsedObject]) -> list[str]:
             verdicts.append("ok")
         elif any(shape == obj.shape and colour in caption_colours - {obj.colour} for colour, shape in drawn):
             verdicts.append("leaked")
+        elif obj.colour in drawn_colours:
+            verdicts.append("misshaped")
         else:
             verdicts.append("neglected")
     return verdicts
