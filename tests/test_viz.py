@@ -54,3 +54,21 @@ def test_positions_heatmap_labels_every_position_even_repeated_tokens():
     assert fig.data[0].z.shape == (3, 4)
     with pytest.raises(ValueError, match="3 tokens, but scores has 4 positions"):
         viz.positions_heatmap(torch.rand(3, 4), [" A", " B", " C"], "t")
+
+
+def test_t2i_explorer_generates_on_a_new_caption_and_rerenders_on_the_sliders():
+    from mikit.xattn.model import TinyT2I, TinyT2IConfig
+
+    torch.manual_seed(0)
+    model = TinyT2I(TinyT2IConfig(d_model=32, n_heads=2, n_layers=2, d_mlp=64)).eval()
+    box = viz.t2i_explorer(model, "a small red circle", steps=3)
+    (text, seed), (layer, step) = box.children[0].children, box.children[1].children
+    message, image = box.children[2], box.children[3]
+    assert (layer.min, layer.max, step.max) == (-1, 1, 2) and image.value[:4] == b"\x89PNG"
+    first = image.value
+    layer.value = 0
+    assert image.value != first
+    text.value = "a small purple dragon"
+    assert "not in the scene vocabulary" in message.value and "dragon" in message.value
+    text.value = "a large green square above a small blue triangle"
+    assert message.value == "" and image.value != first
