@@ -54,6 +54,12 @@ def sincos_2d(side: int, d_model: int) -> Float[Tensor, "patches d"]:
     return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=-1)
 
 
+def patchify(images: Float[Tensor, "b 3 h w"], patch: int) -> Float[Tensor, "b n p"]:
+    """Cut images into patch × patch squares, row by row: (B, n_patches, 3 · patch²)."""
+    p = patch
+    return images.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).reshape(images.shape[0], -1, 3 * p * p)
+
+
 class Attention(nn.Module):
     """Multi-head attention; queries from `x`, keys and values from `context` (itself for self-attention)."""
 
@@ -68,7 +74,8 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()  # (B, query, H, d_head): the heads' outputs before W_O
 
     def forward(self, x: Float[Tensor, "b q d"], context: Float[Tensor, "b k d"],
-                key_padding: Tensor | None = None) -> Float[Tensor, "b q d"]:
+                key_padding: Tensor | None = None, mask: Tensor | None = None) -> Float[Tensor, "b q d"]:
+        """`key_padding` (B, k): True where a key is padding; `mask` (q, k): True where a query may attend."""
         split = lambda t: t.view(*t.shape[:2], self.n_heads, self.d_head)  # noqa: E731
         q = self.hook_q(split(self.W_Q(x)))
         k = self.hook_k(split(self.W_K(context)))
@@ -76,6 +83,8 @@ class Attention(nn.Module):
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
         if key_padding is not None:  # (B, k) True where the key is padding
             scores = scores.masked_fill(key_padding[:, None, None, :], float("-inf"))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         pattern = self.hook_pattern(self.hook_attn_scores(scores).softmax(dim=-1))
         z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
         return self.W_O(z.flatten(2))
@@ -145,9 +154,7 @@ class TinyT2I(HookedRootModule):
         return self.time_mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
 
     def patchify(self, images: Float[Tensor, "b 3 h w"]) -> Float[Tensor, "b n p"]:
-        p = self.cfg.patch
-        b = images.shape[0]
-        return images.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).reshape(b, -1, 3 * p * p)
+        return patchify(images, self.cfg.patch)
 
     def unpatchify(self, patches: Float[Tensor, "b n p"]) -> Float[Tensor, "b 3 h w"]:
         p, side = self.cfg.patch, SIZE // self.cfg.patch
