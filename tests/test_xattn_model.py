@@ -70,3 +70,15 @@ def test_a_hook_on_the_pattern_changes_the_output_and_nnsight_reads_the_same_pat
 def test_an_untrained_model_predicts_zero_velocity(batch):
     model = TinyT2I(TinyT2IConfig(d_model=32, n_heads=2, n_layers=1, d_mlp=64))
     assert torch.equal(model(*batch), torch.zeros_like(batch[0]))  # adaLN-Zero and a zero output layer
+
+
+def test_a_causal_caption_encoder_keeps_earlier_words_blind_to_later_ones():
+    captions = torch.stack([tokenize("a large red circle".split()), tokenize("a large red square".split())])
+    for causal in (True, False):
+        torch.manual_seed(0)
+        model = TinyT2I(TinyT2IConfig(d_model=32, n_heads=2, n_layers=1, d_mlp=64, causal_text=causal)).eval()
+        with torch.no_grad():
+            words, _ = model.encode_caption(captions)
+        same_prefix = torch.allclose(words[0, :4], words[1, :4], atol=1e-6)  # <bos> a large red
+        assert same_prefix == causal
+        assert not torch.allclose(words[0, 4], words[1, 4])  # circle vs square

