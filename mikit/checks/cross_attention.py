@@ -1,0 +1,255 @@
+"""Checks for notebook 05 (cross-attention in text-to-image models and a captioner).
+
+Each check runs the student's function on small inputs built here (a tiny random TinyT2I, random
+attention maps with a known structure) and compares it with `mikit.xattn`; each takes well under a second.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mikit.checks import (
+    CheckFailed, call_student, expect_close, expect_number, expect_tensor, passed, reject_known_mistakes,
+)
+from mikit.xattn.attention import iou, upsample, word_heatmap
+from mikit.xattn.binding import reweight_pattern, token_strength
+from mikit.xattn.model import TinyT2I, TinyT2IConfig
+from mikit.xattn.training import SceneData
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _maps(seed: int, steps: int = 3, layers: int = 2, prompts: int = 3, heads: int = 2, words: int = 7) -> Tensor:
+    """Random cross-attention maps (step, layer, prompt, head, patch, word) whose rows sum to 1 over words."""
+    scores = torch.randn(steps, layers, prompts, heads, 64, words, generator=_gen(seed)) * 2
+    return scores.softmax(-1)
+
+
+def cross_attention_probs(fn: Callable) -> None:
+    """Exercise 1: attention probabilities from queries and keys, with caption padding masked out."""
+    __tracebackhide__ = True
+    name = "cross_attention_probs"
+    torch.manual_seed(0)
+    model = TinyT2I(TinyT2IConfig(d_model=32, n_heads=4, n_layers=1, d_mlp=64)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=_gen(1)) * 0.3)
+    data = SceneData.generate(3, seed=2)  # captions of different lengths: padding differs per row
+    with torch.no_grad():
+        _, cache = model.run_with_cache(data.images, torch.full((3,), 0.5), data.captions)
+    q, k = cache["blocks.0.cross_attn.hook_q"], cache["blocks.0.cross_attn.hook_k"]
+    padding = data.captions == 0
+    want = cache["blocks.0.cross_attn.hook_pattern"]
+    got = expect_tensor(call_student(fn, name, q, k, padding), name, want.shape, "batch head image_patch word")
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k)
+    masked = lambda s: s.masked_fill(padding[:, None, None, :], float("-inf"))  # noqa: E731
+    reject_known_mistakes(got, [
+        (masked(scores).softmax(-1), "you forgot to divide the scores by √d_head before the softmax"),
+        (masked(scores / 8).softmax(-1), "scale the scores by 1/√d_head (d_head = q.shape[-1]), not 1/d_head"),
+        ((scores / 8**0.5).softmax(-1), "padding words get attention: set their scores to -inf before the softmax"),
+    ], want)
+    if got.isnan().any():
+        raise CheckFailed(f"`{name}` returned NaN: the softmax must run over the words (keys, the last axis); a padding "
+                          "column is all -inf, so a softmax over the image patches gives NaN.")
+    if torch.allclose(got.sum(-2), torch.ones_like(got.sum(-2)), atol=1e-4):
+        raise CheckFailed("the softmax must run over the words (keys, the last axis), not the image patches")
+    expect_close(got, want, name, atol=1e-5, hint="softmax over words of q·k/√d_head, padding at -inf")
+    passed(name, "rows sum to 1 over the caption's words and padding gets 0")
+
+
+def word_grid(fn: Callable) -> None:
+    """Exercise 2: one caption word's attention maps as 8 × 8 image grids."""
+    __tracebackhide__ = True
+    name = "word_grid"
+    maps = _maps(3)
+    word_index = 2  # the third caption word is token 3: <bos> is token 0
+    want = maps[..., word_index + 1].reshape(*maps.shape[:4], 8, 8)
+    got = expect_tensor(call_student(fn, name, maps, word_index), name, want.shape, "step layer prompt head row column")
+    reject_known_mistakes(got, [
+        (maps[..., word_index].reshape(want.shape), "that is the previous token: caption word i is token i + 1, after <bos>"),
+        (want.transpose(-1, -2), "your grid is transposed: patches run row by row (patch = 8 · row + column)"),
+    ], want)
+    expect_close(got, want, name, hint="maps[..., word_index + 1] reshaped to (..., 8, 8)")
+    passed(name)
+
+
+def daam_heatmap(fn: Callable) -> None:
+    """Exercise 3: average over steps, layers and heads, upsample bilinearly to 32 × 32, scale to max 1."""
+    __tracebackhide__ = True
+    name = "daam_heatmap"
+    maps = _maps(4)
+    maps[:, :, 1] *= 0.2  # prompt 1 attends weakly: per-prompt normalisation matters
+    token = 3
+    want = word_heatmap(maps, token)
+    got = expect_tensor(call_student(fn, name, maps, token), name, want.shape, "prompt 32 32")
+    mean = maps[..., token].mean(dim=(0, 1, 3))  # (prompt, patch)
+    bilinear = upsample(mean)
+    nearest = F.interpolate(mean.view(-1, 1, 8, 8), size=(32, 32), mode="nearest").view(-1, 32, 32)
+    reject_known_mistakes(got, [
+        (bilinear, "scale each prompt's heatmap to a maximum of 1 (divide by its max)"),
+        (bilinear / bilinear.max(), "normalise each prompt separately, not by the largest value of all prompts"),
+        (nearest / nearest.flatten(1).amax(-1)[:, None, None], "upsample bilinearly (F.interpolate(..., mode='bilinear')), not by repeating patches"),
+        ((bilinear - bilinear.flatten(1).amin(-1)[:, None, None])
+         / (bilinear.flatten(1).amax(-1) - bilinear.flatten(1).amin(-1))[:, None, None],
+         "divide by the maximum only; min-max scaling moves the zero"),
+    ], want)
+    expect_close(got, want, name, atol=1e-4, hint="mean over steps, layers and heads; bilinear upsampling; divide by each prompt's max")
+    passed(name)
+
+
+def mean_iou(fn: Callable) -> None:
+    """Exercise 4: threshold the heatmaps and average the per-object IoU with the true masks."""
+    __tracebackhide__ = True
+    name = "mean_iou"
+    generator = _gen(5)
+    heat = upsample(torch.rand(6, 64, generator=generator) ** 3)
+    heat = heat / heat.flatten(1).amax(-1)[:, None, None]
+    masks = torch.rand(6, 32, 32, generator=generator) < torch.linspace(0.05, 0.6, 6)[:, None, None]
+    threshold = 0.4
+    got = expect_number(call_student(fn, name, heat, masks, threshold), name)
+    predicted = heat >= threshold
+    want = sum(iou(p, m) for p, m in zip(predicted, masks)) / len(masks)
+    pooled = (predicted & masks).sum().item() / (predicted | masks).sum().item()
+    dice = sum(2 * (p & m).sum().item() / (p.sum() + m.sum()).item() for p, m in zip(predicted, masks)) / len(masks)
+    recall = sum((p & m).sum().item() / m.sum().item() for p, m in zip(predicted, masks)) / len(masks)
+    for wrong, message in ((pooled, "average the IoU of each object, do not pool all pixels into one IoU"),
+                           (dice, "that is the Dice score 2|A∩B|/(|A|+|B|); IoU is |A∩B|/|A∪B|"),
+                           (recall, "you divided by the mask's area (recall); IoU divides by the union")):
+        if abs(got - wrong) < 1e-6 and abs(wrong - want) > 1e-6:
+            raise CheckFailed(message)
+    if abs(got - want) > 1e-6:
+        raise CheckFailed(f"`{name}` gave {got:.4f}, expected {want:.4f}: predicted mask = heat ≥ threshold; IoU = |A∩B| / |A∪B|, averaged over objects.")
+    passed(name)
+
+
+def weakest_token(fn: Callable) -> None:
+    """Exercise 5: per prompt, the candidate token whose peak attention (steps, layers, heads averaged) is lowest."""
+    __tracebackhide__ = True
+    name = "weakest_token"
+    maps = _maps(6, prompts=4, words=9)
+    candidates = [[2, 5], [3, 6, 8], [4, 7], [2, 4, 6]]
+    # Make "peak" and "mean" disagree: one token gets a single sharp peak, another a broad weak spread.
+    maps[:, :, 0, :, 10, 2] += 2.0
+    maps[:, :, 0, :, :, 5] += 0.12
+    want = []
+    for p, tokens in enumerate(candidates):
+        strength = token_strength(maps[:, :, [p] * len(tokens)], torch.tensor(tokens))
+        want.append(tokens[int(strength.argmin())])
+    got = call_student(fn, name, maps, candidates)
+    got = [int(t) for t in (got.tolist() if isinstance(got, Tensor) else got)]
+    if len(got) != len(candidates):
+        raise CheckFailed(f"`{name}` should return one token per prompt ({len(candidates)}), but returned {len(got)}.")
+    mean_pick = [tokens[int(maps.mean(dim=(0, 1, 3))[p, :, tokens].mean(0).argmin())] for p, tokens in enumerate(candidates)]
+    strongest = []
+    for p, tokens in enumerate(candidates):
+        strength = token_strength(maps[:, :, [p] * len(tokens)], torch.tensor(tokens))
+        strongest.append(tokens[int(strength.argmax())])
+    if got == strongest and got != want:
+        raise CheckFailed("you picked the strongest token: a neglected object is the one with the weakest peak (argmin)")
+    if got == mean_pick and got != want:
+        raise CheckFailed("compare peaks (max over image patches), not average attention: Attend-and-Excite asks whether a token is strong *somewhere*")
+    if any(g not in tokens for g, tokens in zip(got, candidates)):
+        raise CheckFailed("return a token from each prompt's candidates (its object words), not a position in the candidate list")
+    if got != want:
+        raise CheckFailed(f"`{name}` returned {got}, expected {want}: average over steps, layers and heads, take the max over patches, then the argmin over candidates.")
+    passed(name)
+
+
+def reweight(fn: Callable) -> None:
+    """Exercise 6: Prompt-to-Prompt-style reweighting of one token per prompt, conditional rows only."""
+    __tracebackhide__ = True
+    name = "reweight"
+    pattern = torch.rand(6, 2, 64, 7, generator=_gen(7)).softmax(-1)  # 3 conditional + 3 unconditional rows
+    tokens, factor, n_prompts = torch.tensor([1, 4, 2]), 3.0, 3
+    want = reweight_pattern(pattern, tokens, factor, n_prompts)
+    got = expect_tensor(call_student(fn, name, pattern.clone(), tokens, factor, n_prompts), name, want.shape,
+                        "batch head patch word")
+    everything = reweight_pattern(pattern, torch.cat([tokens, tokens]), factor, 2 * n_prompts)
+    unnormalised = pattern.clone()
+    unnormalised[torch.arange(3), :, :, tokens] *= factor
+    first_token = reweight_pattern(pattern, tokens[:1].expand(3), factor, n_prompts)
+    reject_known_mistakes(got, [
+        (everything, "leave the unconditional rows (after the first n_prompts) alone: guidance needs them unchanged"),
+        (unnormalised, "renormalise the reweighted rows so they sum to 1 over the words again"),
+        (first_token, "each prompt has its own token: row i reweights tokens[i]"),
+    ], want)
+    expect_close(got, want, name, atol=1e-6, hint="multiply pattern[i, :, :, tokens[i]] by factor for i < n_prompts, then renormalise those rows")
+    passed(name)
+
+
+def _attn2_inputs(batch: int, seed: int = 0):
+    """A tiny random UNet's first attn2 module, the inputs it gets in one [unconditional; conditional] call,
+    and the probabilities the kit's storing processor records for them."""
+    from mikit.xattn.diffusers_attention import DiffusersCrossAttentionStore, tiny_unet
+
+    unet = tiny_unet(seed).eval()
+    name = next(key.removesuffix(".processor") for key in unet.attn_processors if key.endswith("attn2.processor"))
+    attn = unet.get_submodule(name)
+    seen = {}
+    handle = attn.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(hidden=kwargs.get("hidden_states", args[0] if args else None),
+                                                  context=kwargs["encoder_hidden_states"]), with_kwargs=True)
+    generator = _gen(seed + 1)
+    latents = torch.randn(batch, 4, 16, 16, generator=generator)
+    text = torch.randn(batch, 7, 32, generator=generator)
+    try:
+        with torch.no_grad(), DiffusersCrossAttentionStore(unet, cfg=True, layers=[name]) as store:
+            unet(latents, 10, encoder_hidden_states=text)
+    finally:
+        handle.remove()
+    return attn, seen["hidden"], seen["context"], store.maps[0][name]
+
+
+def attn2_probs(fn: Callable) -> None:
+    """Exercise 8: a diffusers cross-attention layer's probabilities, conditional rows only (CFG batch)."""
+    __tracebackhide__ = True
+    name = "attn2_probs"
+    attn, hidden, context, want = _attn2_inputs(batch=4)
+    with torch.no_grad():
+        got = call_student(fn, name, attn, hidden, context, True)
+    if isinstance(got, Tensor) and got.shape[-1] == hidden.shape[1] != want.shape[-1]:
+        raise CheckFailed("keys come from the text (encoder_hidden_states), not the image: that is self-attention")
+    got = expect_tensor(got, name, want.shape, "prompt head query token")
+    with torch.no_grad():
+        split = lambda t: attn.head_to_batch_dim(t, out_dim=4)  # noqa: E731  (B, H, T, d)
+        q, k = split(attn.to_q(hidden)), split(attn.to_k(context))
+        probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)
+        b = hidden.shape[0]
+        naive = lambda x: x.view(x.shape[0], attn.heads, x.shape[1], -1)  # noqa: E731  no transpose
+        wrongs = [
+            (probs[: b // 2], "those are the unconditional rows: diffusers puts [unconditional; conditional], keep the second half"),
+            ((q @ k.transpose(-1, -2)).softmax(-1)[b // 2:], "multiply the scores by attn.scale (1/√d_head) before the softmax"),
+        ]
+        wrong_split = (naive(attn.to_q(hidden)) @ naive(attn.to_k(context)).transpose(-1, -2) * attn.scale).softmax(-1)
+        wrongs.append((wrong_split[b // 2:], "split heads as (batch, tokens, heads, d_head) and then move heads forward; "
+                                              "a plain view(batch, heads, tokens, d) mixes tokens and heads"))
+    reject_known_mistakes(got, wrongs, want)
+    expect_close(got, want, name, atol=1e-5, hint="softmax over text tokens of (q kᵀ)·attn.scale, second half of the batch")
+    passed(name, "the same probabilities the kit's StoreCrossAttention processor records")
+
+
+def image_attention_share(fn: Callable) -> None:
+    """Exercise 7: the attention mass each query puts on the image tokens (the first n_image keys)."""
+    __tracebackhide__ = True
+    from mikit.xattn.captioner import image_attention_share as reference
+
+    name = "image_attention_share"
+    n_image, n_text = 6, 5
+    scores = torch.randn(3, 2, n_image + n_text, n_image + n_text, generator=_gen(8)) * 2
+    pattern = scores.softmax(-1)
+    want = reference(pattern, n_image)
+    got = expect_tensor(call_student(fn, name, pattern, n_image), name, want.shape, "batch head query")
+    reject_known_mistakes(got, [
+        (pattern[..., n_image:].sum(-1), "that is the share on the text tokens: the image tokens are the first n_image keys"),
+        (pattern[..., :n_image].mean(-1), "sum the attention over the image keys; a mean divides the share by n_image"),
+        (pattern[..., : n_image + 1].sum(-1), "the image tokens are keys 0 to n_image - 1: slice [..., :n_image]"),
+        (pattern[..., :n_image, :].sum(-2), "sum over the keys (the last axis), not over the queries"),
+    ], want)
+    expect_close(got, want, name, atol=1e-6, hint="pattern[..., :n_image].sum(-1)")
+    passed(name)
