@@ -6,18 +6,12 @@ import torch
 from mikit.xattn.attention import (
     CrossAttentionStore, iou, mean_iou, miou_report, noised_attention, object_word_heatmaps, upsample, word_heatmap,
 )
-from mikit.xattn.model import TinyT2I, TinyT2IConfig
 from mikit.xattn.training import SceneData, empty_captions, sample
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    model = TinyT2I(TinyT2IConfig(d_model=32, n_heads=2, n_layers=2, d_mlp=64))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
+def model(tiny_t2i):
+    return tiny_t2i
 
 
 def test_store_keeps_the_conditional_half_of_every_step_and_layer(model):

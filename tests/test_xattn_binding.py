@@ -7,18 +7,12 @@ from mikit.xattn.attention import CrossAttentionStore
 from mikit.xattn.binding import (
     generate_and_judge, object_tokens, rates, reweight_pattern, reweighting_hooks, token_strength,
 )
-from mikit.xattn.model import TinyT2I, TinyT2IConfig
 from mikit.xattn.training import SceneData, sample
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    model = TinyT2I(TinyT2IConfig(d_model=32, n_heads=2, n_layers=2, d_mlp=64))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+def model(tiny_t2i):
+    return tiny_t2i
 
 
 def test_token_strength_is_the_peak_of_the_averaged_map():

@@ -12,41 +12,28 @@ and the hallucination study's word counts and image-share gap (see `hallucinatio
 
 from __future__ import annotations
 
-import json
 import math
-import platform
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from mikit.xattn.captioner import (END, TinyCaptioner, TinyCaptionerConfig, WordShares, attention_gap,
                                    generated_word_shares, greedy_caption, label_words, object_phrases, phrase_matches)
-from mikit.xattn.recipes import CONFIG_FILE, WEIGHTS_FILE, XATTN_DIR
+from mikit.xattn.recipes import XATTN_DIR, Recipe, load_trained, rounded, save_trained
 from mikit.xattn.scenes import COLOURS, SHAPES, Scene, SceneObject
 from mikit.xattn.training import SceneData
 
 
 @dataclass(frozen=True)
-class CaptionerRecipe:
+class CaptionerRecipe(Recipe):
     """How the shipped captioner is made and judged."""
 
-    name: str
-    d_model: int
-    n_heads: int
-    n_layers: int
-    d_mlp: int
-    n_scenes: int
-    steps: int
-    batch_size: int
-    lr: float
-    eval_scenes: int  # held out: drawn with seed + 1
     eval_noise: float  # a second, harder hallucination study: Gaussian pixel noise of this sigma (images in [0, 1])
     seed: int
 
@@ -190,37 +177,11 @@ def train_recipe(recipe: CaptionerRecipe = RECIPE, out: Path | None = None,
     _, noisy_study = hallucination_study(model, held_images, held_scenes, recipe.eval_noise, seed=recipe.seed)
     report = {"final_loss": history["loss"][-1], **clean["quality"],
               "hallucination_study": {"clean": clean, f"noise_{recipe.eval_noise}": noisy_study}}
-    report = _rounded(report)
-    out = Path(out or XATTN_DIR / recipe.name)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_FILE))
-    (out / CONFIG_FILE).write_text(json.dumps({
-        "config": recipe.model_config().to_dict(), "recipe": asdict(recipe), "metrics": report,
-        "train_seconds": round(seconds), "threads": torch.get_num_threads(),
-        "trained_on": f"{platform.machine()}, {torch.get_num_threads()} threads",
-    }, indent=2) + "\n")
-    return model, report
-
-
-def _rounded(value):
-    """`value` with every float rounded to 4 decimals, for a readable config.json."""
-    if isinstance(value, float):
-        return round(value, 4)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
+    save_trained(model, Path(out or XATTN_DIR / recipe.name), recipe, report, seconds)
+    return model, rounded(report)
 
 
 def load_captioner(folder: str | Path | None = None) -> TinyCaptioner:
     """A captioner saved by `train_recipe` (default: the shipped one), in eval mode."""
-    folder = Path(folder or XATTN_DIR / RECIPE.name)
-    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{folder} holds no trained captioner: "
-                                "run `python -m mikit.xattn train-captioner` to make one.")
-    info = json.loads((folder / CONFIG_FILE).read_text())
-    model = TinyCaptioner(TinyCaptionerConfig(**info["config"]))
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
-    model.info = info
-    return model.eval()
+    return load_trained(Path(folder or XATTN_DIR / RECIPE.name),
+                        lambda config: TinyCaptioner(TinyCaptionerConfig(**config)), "captioner", "train-captioner")

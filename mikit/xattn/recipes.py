@@ -11,7 +11,6 @@ colour ("leaked"), in their colour but another shape ("misshaped") and missing (
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections import Counter
@@ -19,19 +18,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mikit.xattn.model import TinyT2I, TinyT2IConfig
 from mikit.xattn.parser import VERDICTS, compare, parse_scene
 from mikit.xattn.training import SceneData, sample, train_t2i
+from mikit.zoo.storage import CONFIG_FILE, WEIGHTS_FILE, read_config, save_model_folder
 
 XATTN_DIR = Path(__file__).resolve().parents[2] / "data" / "xattn"
-WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 
 
 @dataclass(frozen=True)
-class T2IRecipe:
-    """How the shipped text-to-image model is made and judged."""
+class Recipe:
+    """What every recipe of mikit.xattn states: the model's shape, its training run and its held-out scenes."""
 
     name: str
     d_model: int
@@ -43,6 +42,12 @@ class T2IRecipe:
     batch_size: int
     lr: float
     eval_scenes: int  # held out: drawn with seed + 1
+
+
+@dataclass(frozen=True)
+class T2IRecipe(Recipe):
+    """How the shipped text-to-image model is made and judged."""
+
     sample_steps: int
     guidance: float
     seed: int
@@ -84,24 +89,43 @@ def train_recipe(recipe: T2IRecipe = RECIPE, out: Path | None = None, progress: 
     held_out = SceneData.generate(recipe.eval_scenes, seed=recipe.seed + 1)
     report = {"final_loss": history["loss"][-1],
               **judge(model, held_out, recipe.sample_steps, recipe.guidance, seed=recipe.seed)}
-    out = Path(out or XATTN_DIR / recipe.name)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_FILE))
-    (out / CONFIG_FILE).write_text(json.dumps({
-        "config": recipe.model_config().to_dict(), "recipe": asdict(recipe),
-        "metrics": {k: round(v, 4) for k, v in report.items()}, "train_seconds": round(seconds),
-        "trained_on": f"{platform.machine()}, {torch.get_num_threads()} threads",
-    }, indent=2) + "\n")
+    save_trained(model, Path(out or XATTN_DIR / recipe.name), recipe, report, seconds)
     return model, report
+
+
+def rounded(value):
+    """`value` with every float rounded to 4 decimals, for a readable config.json."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
+def save_trained(model, out: Path, recipe: Recipe, metrics: dict, seconds: float) -> None:
+    """Save a trained model into `out`: its weights, shape, recipe, metrics and how long training took where."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_model_folder(model, out, {
+        "config": model.cfg.to_dict(), "recipe": asdict(recipe), "metrics": rounded(metrics),
+        "train_seconds": round(seconds), "threads": torch.get_num_threads(),
+        "trained_on": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    })
+
+
+def load_trained(folder: Path, build, what: str, command: str):
+    """The model saved by `save_trained` in `folder`, built by `build(config_dict)`, in eval mode."""
+    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{folder} holds no trained {what}: run `python -m mikit.xattn {command}` to make one.")
+    info = read_config(folder)
+    model = build(info["config"])
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    model.info = info
+    return model.eval()
 
 
 def load_t2i(folder: str | Path | None = None) -> TinyT2I:
     """A text-to-image model saved by `train_recipe` (default: the shipped one), in eval mode."""
-    folder = Path(folder or XATTN_DIR / RECIPE.name)
-    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{folder} holds no trained model: run `python -m mikit.xattn train` to make one.")
-    info = json.loads((folder / CONFIG_FILE).read_text())
-    model = TinyT2I(TinyT2IConfig(**info["config"]))
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
-    model.info = info
-    return model.eval()
+    return load_trained(Path(folder or XATTN_DIR / RECIPE.name), lambda config: TinyT2I(TinyT2IConfig(**config)),
+                        "model", "train")

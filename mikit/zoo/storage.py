@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mikit.zoo.tokenizer import load_char_tokenizer
@@ -24,8 +25,8 @@ def build_model(hooked_config: dict, folder: Path, device: str = "cpu") -> Hooke
         return HookedTransformer(cfg, tokenizer=load_char_tokenizer(folder))
 
 
-def save_model_folder(model: HookedTransformer, folder: Path, config: dict) -> None:
-    """Write the weights and `config` (which must hold `hooked_transformer_config`) into `folder`."""
+def save_model_folder(model: nn.Module, folder: Path, config: dict) -> None:
+    """Write the weights and `config` into `folder` (a zoo model's `config` holds `hooked_transformer_config`)."""
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,17 @@
+"""Fixtures shared by several test modules."""
+
+import pytest
+import torch
+
+from mikit.xattn.model import TinyT2I, TinyT2IConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_t2i():
+    """A 2-layer TinyT2I with every weight nudged off its init (adaLN-Zero starts as the identity), in eval mode."""
+    torch.manual_seed(0)
+    model = TinyT2I(TinyT2IConfig(d_model=32, n_heads=2, n_layers=2, d_mlp=64))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
