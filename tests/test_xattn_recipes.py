@@ -39,3 +39,11 @@ def test_cli_trains_the_recipe_with_fewer_steps(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "RECIPE", TINY)
     assert cli.main(["train", "--steps", "5", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "config.json").read_text())["recipe"]["steps"] == 5
+
+
+def test_the_shipped_models_were_made_by_the_current_recipes():
+    from mikit.xattn.captioner_recipe import RECIPE as CAPTIONER_RECIPE
+    from mikit.xattn.captioner_recipe import load_captioner
+
+    for model, recipe in ((load_t2i(), RECIPE), (load_captioner(), CAPTIONER_RECIPE)):
+        assert model.info["recipe"] == dataclasses.asdict(recipe), f"retrain {recipe.name}: its recipe changed"

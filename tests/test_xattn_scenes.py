@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mikit.xattn.scenes import BACKGROUND, COLOURS, RADII, VOCAB, SceneObject, make_scenes, relation, tokenize
+from mikit.xattn.scenes import BACKGROUND, COLOURS, RADII, SHADE, VOCAB, SceneObject, make_scenes, relation, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -11,14 +11,15 @@ def scenes():
     return make_scenes(300, seed=0)
 
 
-def test_masks_are_exactly_the_pixels_drawn_in_each_objects_colour(scenes):
+def test_masks_are_exactly_the_pixels_drawn_in_each_objects_colour_or_its_shade(scenes):
     for scene in scenes:
         drawn = torch.zeros(32, 32, dtype=torch.bool)
         for mask in scene.masks:
             assert mask.any() and not (drawn & mask).any()
             drawn |= mask
         for colour in {o.colour for o in scene.objects}:
-            painted = (scene.image == torch.tensor(COLOURS[colour])[:, None, None]).all(0)
+            plain = torch.tensor(COLOURS[colour])[:, None, None]
+            painted = (scene.image == plain).all(0) | (scene.image == SHADE * plain).all(0)
             same = [m for o, m in zip(scene.objects, scene.masks) if o.colour == colour]
             assert torch.equal(painted, torch.stack(same).any(0)), scene.caption
         assert (scene.image[:, ~drawn] == torch.tensor(BACKGROUND)[:, None]).all()
@@ -67,3 +68,13 @@ def test_tokenize_pads_and_rejects_unknown_words(scenes):
         tokenize(["a", "pink", "circle"])
     with pytest.raises(ValueError, match="max_objects must be 1, 2 or 3"):
         make_scenes(1, max_objects=4)
+
+
+def test_every_object_shows_both_tones_of_its_shapes_own_texture(scenes):
+    for scene in scenes:
+        for obj, mask in zip(scene.objects, scene.masks):
+            shaded = torch.from_numpy(obj.shaded()) & mask
+            assert shaded.any() and (mask & ~shaded).any(), scene.caption
+    # The same box drawn as each shape: the dark pixels form different patterns.
+    patterns = [SceneObject(shape, "red", "large", 16, 16).shaded() for shape in ("circle", "square", "triangle")]
+    assert not (patterns[0] == patterns[1]).all() and not (patterns[1] == patterns[2]).all()

@@ -3,8 +3,8 @@
     found = parse_scene(image)                       # [ParsedObject(colour, shape, size, cx, cy, mask), ...]
     verdict = compare(scene.objects, found)          # per caption object: "ok", "neglected" or "leaked"
 
-Each pixel takes the nearest palette colour (or none, if nothing is close); each 4-connected region of
-one colour with enough pixels is an object. Its shape comes from two numbers: how much of its bounding
+Each pixel takes the nearest palette colour, plain or shaded (or none, if nothing is close); each
+4-connected region of one colour with enough pixels is an object. Its shape comes from two numbers: how much of its bounding
 box it fills (a square fills all of it) and how much of it lies in the top half (an upright triangle
 puts about a quarter there, a circle or square half). On rendered scenes this recovers every object
 exactly (tested); on generated images it is the kit's judge of what the generator drew.
@@ -18,10 +18,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mikit.xattn.scenes import BACKGROUND, COLOURS, SceneObject
+from mikit.xattn.scenes import BACKGROUND, COLOURS, SHADE, SceneObject
 
-PALETTE = torch.tensor([BACKGROUND, *COLOURS.values()])  # (1 + n_colours, 3)
 NAMES = ["background", *COLOURS]
+PALETTE = torch.tensor([BACKGROUND, *COLOURS.values()])  # (1 + n_colours, 3)
+SHADED = torch.cat([PALETTE, SHADE * PALETTE[1:]])  # and each colour's shade, as textures draw it
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,11 @@ class ParsedObject:
 
 
 def colour_map(image: Float[Tensor, "3 h w"], max_distance: float = 0.35) -> Tensor:
-    """Per pixel, the index into NAMES of the nearest palette colour, or -1 if none is within max_distance."""
-    distances = (image.permute(1, 2, 0)[:, :, None, :] - PALETTE).norm(dim=-1)  # (h, w, palette)
+    """Per pixel, the index into NAMES of the nearest palette colour or its shade, or -1 if none is within
+    max_distance."""
+    distances = (image.permute(1, 2, 0)[:, :, None, :] - SHADED).norm(dim=-1)  # (h, w, palette and shades)
     nearest = distances.argmin(-1)
+    nearest[nearest >= len(NAMES)] -= len(NAMES) - 1  # a shade is its colour
     nearest[distances.min(-1).values > max_distance] = -1
     return nearest
 

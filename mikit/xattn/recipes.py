@@ -53,6 +53,8 @@ class T2IRecipe(Recipe):
     seed: int
     ema: float | None = 0.995
     causal_text: bool = False
+    omit_colour: float = 0.0  # the chance that a training caption leaves out a colour word (training.omit_words)
+    omit_size: float = 0.0
 
     def model_config(self) -> TinyT2IConfig:
         return TinyT2IConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, d_mlp=self.d_mlp,
@@ -61,7 +63,7 @@ class T2IRecipe(Recipe):
 
 RECIPE = T2IRecipe(
     name="tiny-t2i", d_model=96, n_heads=4, n_layers=3, d_mlp=192, n_scenes=20_000, steps=2500, batch_size=64,
-    lr=2e-3, eval_scenes=200, sample_steps=20, guidance=3.0, seed=0,
+    lr=2e-3, eval_scenes=200, sample_steps=20, guidance=3.0, seed=0, causal_text=True, omit_colour=0.15, omit_size=0.5,
 )
 
 
@@ -84,7 +86,8 @@ def train_recipe(recipe: T2IRecipe = RECIPE, out: Path | None = None, progress: 
     model = TinyT2I(recipe.model_config())
     start = time.perf_counter()
     history = train_t2i(model, SceneData.generate(recipe.n_scenes, seed=recipe.seed), recipe.steps,
-                        recipe.batch_size, recipe.lr, ema=recipe.ema, seed=recipe.seed, progress=progress)
+                        recipe.batch_size, recipe.lr, ema=recipe.ema, seed=recipe.seed, progress=progress,
+                        omit={"colour": recipe.omit_colour, "size": recipe.omit_size})
     seconds = time.perf_counter() - start
     held_out = SceneData.generate(recipe.eval_scenes, seed=recipe.seed + 1)
     report = {"final_loss": history["loss"][-1],

@@ -6,7 +6,12 @@
     scene.words     # caption words; scene.word_object[i] is the object word i names (or -1)
 
 Objects never overlap (each is placed where it does not touch the others), so every mask is exactly
-the set of pixels drawn in that object's colour, and a word's ground-truth region is its object's mask.
+the set of pixels drawn in that object's colour (or its shade), and a word's ground-truth region is its
+object's mask. Each shape has its own texture, as real objects do: a circle has a shaded core, a square
+a 2-pixel checkerboard, a triangle 2-pixel stripes (the shade is SHADE × the colour). Without it an
+object's inside is one flat colour and only its outline depends on the shape word, so a generator looks
+up the shape word at the outline only (measured: shape-word mIoU 0.17 against the mask, 0.31 against
+the outline band), not over the object as DAAM's nouns do.
 Captions name size, colour and shape of every object; two objects are joined by their spatial relation
 ("left of", "right of", "above", "below", from the centres), three by a list.
 """
@@ -31,6 +36,7 @@ COLOURS = {
 RADII = {"small": 4, "large": 7}  # half the side of the object's bounding box, in pixels
 RELATIONS = ("left of", "right of", "above", "below")
 BACKGROUND = (0.08, 0.08, 0.08)
+SHADE = 0.7  # the darker pixels of an object's texture are SHADE × its colour
 VOCAB = ["<pad>", "<bos>", "a", "and", ",", "of", "left", "right", "above", "below", *RADII, *COLOURS, *SHAPES]
 
 
@@ -58,6 +64,16 @@ class SceneObject:
             return (np.abs(dx) <= r - 1) & (np.abs(dy) <= r - 1)
         # An upright triangle in the box: its half-width grows from 0 at the top to r at the bottom.
         return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
+
+    def shaded(self) -> np.ndarray:
+        """Where the shape's texture is dark, (SIZE, SIZE) bool: a circle's core, a square's checkerboard,
+        a triangle's stripes."""
+        ys, xs = np.mgrid[0:SIZE, 0:SIZE]
+        if self.shape == "circle":
+            return (xs - self.cx) ** 2 + (ys - self.cy) ** 2 <= (RADII[self.size] / 2) ** 2
+        if self.shape == "square":
+            return (xs // 2 + ys // 2) % 2 == 0
+        return ys // 2 % 2 == 0
 
 
 @dataclass
@@ -115,7 +131,9 @@ def render(objects: list[SceneObject]) -> tuple[Tensor, Tensor]:
     image[:] = np.array(BACKGROUND, dtype=np.float32)[:, None, None]
     masks = np.stack([o.mask() for o in objects])
     for obj, mask in zip(objects, masks):
-        image[:, mask] = np.array(COLOURS[obj.colour], dtype=np.float32)[:, None]
+        colour = np.array(COLOURS[obj.colour], dtype=np.float32)[:, None]
+        image[:, mask] = colour
+        image[:, mask & obj.shaded()] = SHADE * colour
     return torch.from_numpy(image), torch.from_numpy(masks)
 
 

@@ -9,6 +9,10 @@ time t; the model sees x_t = (1 − t)·x₀ + t·x₁ and predicts the velocity
 that velocity from noise (t = 0) to an image (t = 1) with Euler steps. One caption in ten is dropped
 in training (replaced by the empty caption, just <bos>), so the model also learns the unconditional
 velocity, and sampling can push away from it: v = v_uncond + guidance · (v_cond − v_uncond).
+
+With `omit`, captions also lose words at random (`omit_words`): "a large red circle" may be seen as
+"a circle" or "a red circle". Real captions name the object (the noun) and only sometimes its attributes;
+so the shape word, not the colour word, becomes what an object's patches look up.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from mikit.xattn.model import TinyT2I
-from mikit.xattn.scenes import VOCAB, Scene, make_scenes, tokenize
+from mikit.xattn.scenes import COLOURS, RADII, VOCAB, Scene, make_scenes, tokenize
 
 
 @dataclass
@@ -48,14 +52,34 @@ def empty_captions(n: int, length: int) -> Int[Tensor, "n c"]:
     return ids
 
 
+WORD_KINDS = {"colour": list(COLOURS), "size": list(RADII)}
+
+
+def omit_words(captions: Int[Tensor, "n c"], omit: dict[str, float], generator: torch.Generator | None = None) -> Int[Tensor, "n c"]:
+    """Leave out each colour (or size) word with probability omit["colour"] (omit["size"]); the caption closes up."""
+    unknown = set(omit) - set(WORD_KINDS)
+    if unknown:
+        raise ValueError(f"omit may name the word kinds {list(WORD_KINDS)}, not {sorted(unknown)}.")
+    keep = torch.ones(captions.shape, dtype=torch.bool)
+    for kind, p in omit.items():
+        ids = torch.tensor([VOCAB.index(w) for w in WORD_KINDS[kind]])
+        keep &= ~(torch.isin(captions, ids) & (torch.rand(captions.shape, generator=generator) < p))
+    order = torch.sort((~keep).long(), dim=1, stable=True).indices  # kept words first, in their order
+    closed = captions.gather(1, order)
+    closed[~keep.gather(1, order)] = VOCAB.index("<pad>")
+    return closed
+
+
 def train_t2i(
     model: TinyT2I, data: SceneData, steps: int, batch_size: int = 64, lr: float = 1e-3, p_uncond: float = 0.1,
-    ema: float | None = None, seed: int = 0, log_every: int = 100, progress: bool = True,
+    ema: float | None = None, omit: dict[str, float] | None = None, seed: int = 0, log_every: int = 100,
+    progress: bool = True,
 ) -> dict[str, list[float]]:
     """Flow-matching training; returns the loss (mean squared velocity error) every `log_every` steps.
 
     With `ema` (a decay such as 0.995) the model ends with the exponential moving average of its weights,
-    which samples cleaner images than the last step's weights (as in DDPM and DiT).
+    which samples cleaner images than the last step's weights (as in DDPM and DiT). With `omit` (such as
+    {"colour": 0.25, "size": 0.25}) each training caption loses those words at random (`omit_words`).
     """
     if steps <= 0:
         raise ValueError(f"steps must be positive, not {steps}.")
@@ -72,6 +96,8 @@ def train_t2i(
     for step in tqdm(range(steps), desc="training text-to-image", disable=not progress):
         index = torch.randint(0, data.images.shape[0], (batch_size,), generator=generator)
         x1, captions = data.images[index], data.captions[index].clone()
+        if omit:
+            captions = omit_words(captions, omit, generator)
         drop = torch.rand(batch_size, generator=generator) < p_uncond
         captions[drop] = empty_captions(int(drop.sum()), captions.shape[1])
         x0 = torch.randn(x1.shape, generator=generator)
