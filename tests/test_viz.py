@@ -70,5 +70,8 @@ def test_t2i_explorer_generates_on_a_new_caption_and_rerenders_on_the_sliders():
     assert image.value != first
     text.value = "a small purple dragon"
     assert "not in the scene vocabulary" in message.value and "dragon" in message.value
+    assert image.layout.display == "none"  # no stale picture under the message
+    layer.value = 1
+    assert image.layout.display == "none"  # and the sliders do not bring it back
     text.value = "a large green square above a small blue triangle"
-    assert message.value == "" and image.value != first
+    assert message.value == "" and image.value != first and image.layout.display is None

@@ -197,6 +197,8 @@ def t2i_explorer(model, caption: str = "a large red circle left of a small blue 
             ids = tokenize(words, model.cfg.caption_length)[None]
         except ValueError as error:
             message.value = f"<span style='color:#c0392b'>{error}</span>"
+            state.clear()  # the last picture belongs to another caption: hide it, and let sliders not redraw it
+            image.layout.display = "none"
             return
         message.value = ""
         with CrossAttentionStore(model, n_prompts=1) as store:
@@ -212,6 +214,7 @@ def t2i_explorer(model, caption: str = "a large red circle left of a small blue 
                            for i in range(len(state["words"]))])
         where = f"layer {layer.value if layer.value >= 0 else 'all'}, step {step.value if step.value >= 0 else 'all'}"
         image.value = word_heatmaps_png(state["image"], heats, state["words"], where)
+        image.layout.display = None
 
     text.observe(generate, names="value")
     seed_box.observe(generate, names="value")
