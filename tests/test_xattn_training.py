@@ -55,4 +55,4 @@ def test_omit_words_drops_only_the_named_kinds_and_closes_the_caption_up():
         assert others(VOCAB[i] for i in before) == others(words[:n])  # and only colour words went
     assert torch.equal(omit_words(data.captions, {"colour": 0.0, "size": 0.0}), data.captions)
     with pytest.raises(ValueError, match="may name the word kinds"):
-        omit_words(data.captions, {"shape": 0.5})
+        omit_words(data.captions, {"relation": 0.5})

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from mikit.xattn.scenes import SIZE
+from mikit.xattn.scenes import SIZE, word_kind
 
 
 class CrossAttentionStore:
@@ -109,8 +109,6 @@ def noised_attention(model, images: Float[Tensor, "prompt 3 32 32"], captions: T
 def object_word_heatmaps(maps: Float[Tensor, "step layer prompt head patch word"], scenes) -> tuple[Tensor, Tensor, list[str]]:
     """Every object word's heatmap per step and layer (head mean, upsampled, not yet normalised), its true
     mask and its kind: (n_words, step, layer, 32, 32), (n_words, 32, 32) bool, ["size" | "colour" | "shape"]."""
-    from mikit.xattn.scenes import COLOURS, RADII
-
     heads_mean = maps.mean(dim=3)  # (step, layer, prompt, patch, word)
     heats, masks, kinds = [], [], []
     for p, scene in enumerate(scenes):
@@ -119,8 +117,7 @@ def object_word_heatmaps(maps: Float[Tensor, "step layer prompt head patch word"
                 continue
             heats.append(upsample(heads_mean[:, :, p, :, w + 1]))  # token w + 1: <bos> comes first
             masks.append(scene.masks[owner])
-            word = scene.words[w]
-            kinds.append("size" if word in RADII else "colour" if word in COLOURS else "shape")
+            kinds.append(word_kind(scene.words[w]))
     return torch.stack(heats), torch.stack(masks), kinds
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from mikit.xattn.attention import CrossAttentionStore
 from mikit.xattn.parser import VERDICTS, compare, parse_scene
-from mikit.xattn.scenes import COLOURS, RADII, SHAPES
+from mikit.xattn.scenes import WORD_KINDS
 from mikit.xattn.training import SceneData, sample
 
 
@@ -33,11 +33,10 @@ def token_strength(maps: Float[Tensor, "step layer prompt head patch word"], tok
 
 def object_tokens(scene, kind: str = "colour") -> list[int]:
     """Per object of `scene`, the token index of its colour (or shape, or size) word in the caption."""
-    vocabulary = {"colour": COLOURS, "shape": SHAPES, "size": RADII}
-    if kind not in vocabulary:
-        raise ValueError(f"kind must be one of {list(vocabulary)}, not {kind!r}.")
+    if kind not in WORD_KINDS:
+        raise ValueError(f"kind must be one of {list(WORD_KINDS)}, not {kind!r}.")
     found = {owner: w + 1 for w, (word, owner) in enumerate(zip(scene.words, scene.word_object))
-             if word in vocabulary[kind]}  # token w + 1: <bos> comes first
+             if word in WORD_KINDS[kind]}  # token w + 1: <bos> comes first
     return [found[i] for i in range(len(scene.objects))]
 
 

@@ -4,9 +4,9 @@
     verdict = compare(scene.objects, found)          # per caption object: "ok", "neglected" or "leaked"
 
 Each pixel takes the nearest palette colour, plain or shaded (or none, if nothing is close); each
-4-connected region of one colour with enough pixels is an object. Its shape comes from two numbers: how much of its bounding
-box it fills (a square fills all of it) and how much of it lies in the top half (an upright triangle
-puts about a quarter there, a circle or square half). On rendered scenes this recovers every object
+4-connected region of one colour with enough pixels is an object. Its shape comes from two numbers:
+how much of its bounding box it fills (a square fills all of it) and how much of it lies in the top
+half (an upright triangle puts about a quarter there, a circle or square half). On rendered scenes this recovers every object
 exactly (tested); on generated images it is the kit's judge of what the generator drew.
 """
 

@@ -38,6 +38,12 @@ RELATIONS = ("left of", "right of", "above", "below")
 BACKGROUND = (0.08, 0.08, 0.08)
 SHADE = 0.7  # the darker pixels of an object's texture are SHADE × its colour
 VOCAB = ["<pad>", "<bos>", "a", "and", ",", "of", "left", "right", "above", "below", *RADII, *COLOURS, *SHAPES]
+WORD_KINDS = {"size": tuple(RADII), "colour": tuple(COLOURS), "shape": SHAPES}  # the words that describe an object
+
+
+def word_kind(word: str) -> str | None:
+    """"size", "colour" or "shape" for a word that describes an object, else None."""
+    return next((kind for kind, words in WORD_KINDS.items() if word in words), None)
 
 
 @dataclass(frozen=True)

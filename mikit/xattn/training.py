@@ -27,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from mikit.xattn.model import TinyT2I
-from mikit.xattn.scenes import COLOURS, RADII, VOCAB, Scene, make_scenes, tokenize
+from mikit.xattn.scenes import VOCAB, WORD_KINDS, Scene, make_scenes, tokenize
 
 
 @dataclass
@@ -52,11 +52,9 @@ def empty_captions(n: int, length: int) -> Int[Tensor, "n c"]:
     return ids
 
 
-WORD_KINDS = {"colour": list(COLOURS), "size": list(RADII)}
-
-
 def omit_words(captions: Int[Tensor, "n c"], omit: dict[str, float], generator: torch.Generator | None = None) -> Int[Tensor, "n c"]:
-    """Leave out each colour (or size) word with probability omit["colour"] (omit["size"]); the caption closes up."""
+    """Leave out each word of a kind in scenes.WORD_KINDS ("colour", "size", "shape") with probability
+    omit[kind]; the caption closes up."""
     unknown = set(omit) - set(WORD_KINDS)
     if unknown:
         raise ValueError(f"omit may name the word kinds {list(WORD_KINDS)}, not {sorted(unknown)}.")
