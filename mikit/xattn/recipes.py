@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from mikit.paths import XATTN_DIR
 from mikit.xattn.model import TinyT2I, TinyT2IConfig
 from mikit.xattn.parser import VERDICTS, compare, parse_scene
 from mikit.xattn.training import SceneData, sample, train_t2i
 from mikit.zoo.storage import CONFIG_FILE, WEIGHTS_FILE, read_config, save_model_folder
 
-XATTN_DIR = Path(__file__).resolve().parents[2] / "data" / "xattn"
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,11 @@ from pathlib import Path
 
 from transformer_lens import HookedTransformer
 
+from mikit.paths import ZOO_DIR
 from mikit.zoo.metrics import induction_scores, previous_token_scores, repeated_sequence_losses
 from mikit.zoo.recipes import RECIPES, Recipe, held_out_text, train
 from mikit.zoo.storage import load_model_folder, read_config
 
-# The package is installed editable, so the shipped models sit in the repository's data/ folder.
-ZOO_DIR = Path(__file__).resolve().parents[2] / "data" / "zoo"
 ZOO_MODELS = {name: recipe.description for name, recipe in RECIPES.items()}
 
 
