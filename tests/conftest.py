@@ -15,3 +15,20 @@ def tiny_t2i():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory):
+    """The kit's wheel, built from this checkout as `pip wheel .` does (no network: the venv's setuptools)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("wheel")
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(root)],
+        check=True, capture_output=True, text=True,
+    )
+    (wheel,) = out.glob("mikit-*.whl")
+    return wheel
