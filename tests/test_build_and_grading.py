@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from mikit.build import KitSettings, build, exercise_version
+from mikit.build import SOLUTIONS, KitSettings, build, exercise_version
 from mikit.cli import main
 from mikit.grading import grade
 
@@ -159,3 +159,12 @@ def test_grade_bad_path_is_one_sentence(tmp_path):
     (tmp_path / "text.ipynb").write_text("not json")
     with pytest.raises(SystemExit, match="is not a readable Jupyter notebook"):
         grade(tmp_path / "text.ipynb")
+
+
+def test_readme_badges_and_colab_lines_follow_the_setting():
+    readme = (SOLUTIONS.parent / "README.md").read_text()
+    settings = KitSettings.read()
+    for path in sorted(SOLUTIONS.glob("*.ipynb")):
+        assert settings.colab_badge(f"notebooks/{path.name}") in readme, path.name
+    for line in settings.install_lines():
+        assert line in readme
