@@ -7,6 +7,8 @@ and nbconvert's `ClearOutputPreprocessor` drops outputs, so students start from 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import tomllib
 from dataclasses import dataclass
@@ -71,10 +73,24 @@ def with_install_lines(nb: nbformat.NotebookNode, settings: KitSettings) -> nbfo
     return nb
 
 
-def exercise_version(solution: nbformat.NotebookNode, badge: str | None = None) -> nbformat.NotebookNode:
+def released_version(nb: nbformat.NotebookNode) -> str:
+    """A short hash of the notebook's check cells (id, points, source): it changes whenever grading would."""
+    checks = [
+        [c.metadata.nbgrader["grade_id"], c.metadata.nbgrader.get("points", 0), c.source]
+        for c in nb.cells
+        if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade") and not c.metadata.nbgrader.get("solution")
+    ]
+    return hashlib.sha256(json.dumps(checks).encode()).hexdigest()[:12]
+
+
+def exercise_version(
+    solution: nbformat.NotebookNode, badge: str | None = None, notebook_id: str | None = None
+) -> nbformat.NotebookNode:
     """Return the exercise notebook for a solution notebook (the input is left unchanged).
 
     `badge`, if given, opens the first Markdown cell (an "Open in Colab" link to the released notebook).
+    `notebook_id`, if given, is written with the checks' version into `metadata.mikit`, where
+    `mikit grade` finds the released notebook again, whatever the student renamed the file to.
     """
     nb = nbformat.from_dict(solution)
     nb, _ = ClearSolutions(code_stub={"python": STUB}).preprocess(nb, {})
@@ -84,6 +100,8 @@ def exercise_version(solution: nbformat.NotebookNode, badge: str | None = None) 
     title = next((cell for cell in nb.cells if cell.cell_type == "markdown"), None)
     if badge and title is not None:
         title.source = f"{badge}\n\n{BADGE.sub('', title.source).lstrip()}"
+    if notebook_id:
+        nb.metadata["mikit"] = {"notebook": notebook_id, "version": released_version(nb)}
     return nb
 
 
@@ -111,7 +129,7 @@ def build(
                 nbformat.write(solution, src)
         dst = notebooks / src.name
         badge = settings.colab_badge(f"{notebooks.name}/{src.name}")
-        text = nbformat.writes(exercise_version(solution, badge)) + "\n"
+        text = nbformat.writes(exercise_version(solution, badge, notebook_id=src.stem)) + "\n"
         if dst.exists() and dst.read_text() == text:
             continue
         stale.append(dst)

@@ -20,9 +20,13 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from mikit.grading import grade
+    from mikit.grading import GradingError, grade
 
-    report = grade(Path(args.path), reference=args.reference, cell_timeout=args.timeout)
+    try:
+        report = grade(Path(args.path), reference=args.reference, cell_timeout=args.timeout)
+    except GradingError as error:
+        print(f"mikit grade: {error}", file=sys.stderr)
+        return 2
     print(report.to_json() if args.json else report.to_text())
     return 0
 
@@ -38,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("grade", help="execute a copy of a notebook and report points per exercise")
     g.add_argument("path", help="the student's .ipynb file (it is not modified)")
     g.add_argument("--json", action="store_true", help="print one JSON object for scripts")
-    g.add_argument("--reference", type=Path, help="released exercise notebook (default: notebooks/<name>)")
+    g.add_argument(
+        "--reference", type=Path, help="released exercise notebook (default: the one named in the submission's metadata)"
+    )
     g.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell (default 300)")
     g.set_defaults(run=_grade)
 

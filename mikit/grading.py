@@ -3,7 +3,9 @@
 Conventions are nbgrader's: check cells carry `nbgrader.grade = true`, a `grade_id` and
 `points`; a check cell that runs without an error earns its points. Check cells are reset
 to the released exercise notebook's source (matched by `grade_id`) before execution, so
-an edited or deleted check cannot earn points. The student's file is never modified.
+an edited or deleted check cannot earn points. The released notebook is found from the id
+`mikit build` wrote into the submission's metadata (`metadata.mikit.notebook`), never from
+its file name and never from the submission's own checks. The student's file is never modified.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 from nbconvert.preprocessors import ClearOutputPreprocessor
 
-from mikit.build import NOTEBOOKS
+from mikit.build import NOTEBOOKS, released_version
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class GradingError(Exception):
+    """A submission or reference that cannot be graded; the message is one sentence for the instructor."""
 
 
 @dataclass
@@ -35,6 +41,7 @@ class GradeReport:
     total: float
     max_total: float
     exercises: dict[str, ExerciseGrade] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -44,7 +51,8 @@ class GradeReport:
         lines = [
             f"{gid:<{width}}  {g.points:g}/{g.max_points:g}  {g.message}" for gid, g in self.exercises.items()
         ]
-        return "\n".join(lines + [f"{'total':<{width}}  {self.total:g}/{self.max_total:g}"])
+        notes = [f"note: {note}" for note in self.notes]
+        return "\n".join(notes + lines + [f"{'total':<{width}}  {self.total:g}/{self.max_total:g}"])
 
 
 def _is_check(cell: nbformat.NotebookNode) -> bool:
@@ -75,23 +83,52 @@ def load_notebook(path: Path) -> nbformat.NotebookNode:
     """Read a notebook, or fail with one sentence saying what was expected."""
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"mikit grade: {path} does not exist; expected a path to a .ipynb notebook.")
+        raise GradingError(f"{path} does not exist; expected a path to a .ipynb notebook.")
     try:
         return nbformat.read(path, as_version=4)
     except Exception as err:  # nbformat raises several types for non-notebooks
-        raise SystemExit(f"mikit grade: {path} is not a readable Jupyter notebook ({type(err).__name__}).")
+        raise GradingError(f"{path} is not a readable Jupyter notebook ({type(err).__name__}).") from err
+
+
+def released_notebook(submission: nbformat.NotebookNode, path: Path) -> Path:
+    """The released exercise notebook a submission was made from, by the id `mikit build` wrote into it."""
+    notebook_id = submission.metadata.get("mikit", {}).get("notebook")
+    if not notebook_id:
+        raise GradingError(
+            f"{path} carries no mikit notebook id (its metadata was lost, or it was not made by `mikit build`): "
+            "pass the released notebook with --reference."
+        )
+    released = NOTEBOOKS / f"{notebook_id}.ipynb"
+    if not released.is_file():
+        raise GradingError(
+            f"{path} was made from notebook {notebook_id!r}, which is not in {NOTEBOOKS}: "
+            "pass the released notebook with --reference."
+        )
+    return released
 
 
 def grade(
     path: Path, reference: Path | None = None, cell_timeout: int = 300, kernel_name: str = "python3"
 ) -> GradeReport:
-    """Execute a copy of the notebook at `path` and return points per exercise."""
+    """Execute a copy of the notebook at `path` and return points per exercise.
+
+    `reference` is the released exercise notebook; by default the one named in the submission's metadata.
+    """
     path = Path(path)
     # Stale outputs saved by the student must not count as this run's verdicts.
     nb, _ = ClearOutputPreprocessor().preprocess(load_notebook(path), {})
-    reference = Path(reference) if reference else NOTEBOOKS / path.name
-    released = _checks_by_id(load_notebook(reference)) if reference.is_file() else _checks_by_id(nb)
+    reference_nb = load_notebook(Path(reference) if reference else released_notebook(nb, path))
+    released = _checks_by_id(reference_nb)
+    if not released:
+        raise GradingError(f"{reference or 'the released notebook'} has no check cells (nbgrader `grade` cells) to grade with.")
     submitted = _checks_by_id(nb)
+    notes = []
+    made_from = nb.metadata.get("mikit", {}).get("version")
+    if made_from and made_from != released_version(reference_nb):
+        notes.append(
+            f"the submission was made from checks version {made_from}, and is graded with version "
+            f"{released_version(reference_nb)} (the released checks changed since)."
+        )
     for gid, cell in submitted.items():
         if gid in released:
             cell.source = released[gid].source
@@ -108,7 +145,7 @@ def grade(
     except DeadKernelError:
         pass  # the cells after the crash stay unexecuted and score 0
 
-    report = GradeReport(total=0.0, max_total=0.0)
+    report = GradeReport(total=0.0, max_total=0.0, notes=notes)
     for gid, ref_cell in released.items():
         max_points = float(ref_cell.metadata.nbgrader.get("points", 0))
         if gid in submitted:

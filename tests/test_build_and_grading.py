@@ -10,7 +10,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from mikit.build import SOLUTIONS, KitSettings, build, exercise_version
 from mikit.cli import main
-from mikit.grading import grade
+from mikit.grading import GradingError, grade
 
 SOLUTION_BODY = "def add(a, b):\n    ### BEGIN SOLUTION\n    return a + b\n    ### END SOLUTION\n"
 CHECK = (
@@ -149,16 +149,67 @@ def test_grade_json_has_the_documented_shape(course, capsys):
     sol, ex = course
     assert main(["grade", str(sol), "--reference", str(ex), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"total", "max_total", "exercises"}
+    assert set(out) == {"total", "max_total", "exercises", "notes"}
     assert out["exercises"]["check_add"] == {"points": 2.0, "max_points": 2.0, "message": "✓ add: correct."}
 
 
-def test_grade_bad_path_is_one_sentence(tmp_path):
-    with pytest.raises(SystemExit, match="does not exist; expected a path to a .ipynb notebook"):
+def test_grade_bad_path_is_one_sentence(tmp_path, capsys):
+    with pytest.raises(GradingError, match="does not exist; expected a path to a .ipynb notebook"):
         grade(tmp_path / "missing.ipynb")
     (tmp_path / "text.ipynb").write_text("not json")
-    with pytest.raises(SystemExit, match="is not a readable Jupyter notebook"):
+    with pytest.raises(GradingError, match="is not a readable Jupyter notebook"):
         grade(tmp_path / "text.ipynb")
+    assert main(["grade", str(tmp_path / "text.ipynb")]) == 2
+    assert capsys.readouterr().err.startswith(f"mikit grade: {tmp_path / 'text.ipynb'} is not a readable")
+
+
+def test_exercise_notebooks_carry_their_id_and_checks_version(course):
+    sol, ex = course
+    meta = nbformat.read(ex, as_version=4).metadata["mikit"]
+    assert meta["notebook"] == "00_tiny" and len(meta["version"]) == 12
+    assert "mikit" not in nbformat.read(sol, as_version=4).metadata  # solutions are not submissions
+
+
+def test_renamed_submission_is_graded_against_its_released_notebook(course, tmp_path, monkeypatch):
+    sol, ex = course
+    monkeypatch.setattr("mikit.grading.NOTEBOOKS", ex.parent)
+    nb = nbformat.read(ex, as_version=4)
+    nb.cells[1].source = SOLUTION_BODY
+    nb.cells[2].source = "pass"  # an emptied check earns nothing either way: the released one runs
+    renamed = tmp_path / "alice_final_v2.ipynb"
+    nbformat.write(nb, renamed)
+    report = grade(renamed)
+    assert (report.total, report.max_total, report.notes) == (2, 2, [])
+    nb.cells[1].source = "def add(a, b):\n    return a - b"
+    nbformat.write(nb, renamed)
+    assert grade(renamed).total == 0
+
+
+def test_submission_without_id_is_refused_never_graded_by_its_own_checks(course, tmp_path, capsys):
+    sol, ex = course
+    nb = nbformat.read(ex, as_version=4)
+    del nb.metadata["mikit"]  # what VS Code or a copy-paste into a new notebook leaves
+    nb.cells[2].source = "print('✓ add: correct.')"
+    nbformat.write(nb, tmp_path / "lost.ipynb")
+    with pytest.raises(GradingError, match="carries no mikit notebook id .* pass the released notebook with --reference"):
+        grade(tmp_path / "lost.ipynb")
+    assert main(["grade", str(tmp_path / "lost.ipynb")]) == 2
+    assert "--reference" in capsys.readouterr().err
+    assert grade(tmp_path / "lost.ipynb", reference=ex).total == 0
+    nb.metadata["mikit"] = {"notebook": "99_unknown", "version": "x"}
+    nbformat.write(nb, tmp_path / "unknown.ipynb")
+    with pytest.raises(GradingError, match="made from notebook '99_unknown', which is not in"):
+        grade(tmp_path / "unknown.ipynb")
+
+
+def test_grade_notes_a_submission_made_from_older_checks(course, tmp_path):
+    sol, ex = course
+    nb = nbformat.read(ex, as_version=4)
+    nb.metadata["mikit"]["version"] = "0123456789ab"
+    nbformat.write(nb, tmp_path / "old.ipynb")
+    report = grade(tmp_path / "old.ipynb", reference=ex)
+    assert len(report.notes) == 1 and "made from checks version 0123456789ab" in report.notes[0]
+    assert report.to_text().startswith("note: the submission was made from checks version")
 
 
 def test_readme_badges_and_colab_lines_follow_the_setting():

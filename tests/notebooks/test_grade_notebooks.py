@@ -30,7 +30,7 @@ def test_every_solution_check_cell_shows_its_pass_line():
 @pytest.mark.parametrize("name", NAMES[:1])
 def test_solution_gets_full_marks(name):
     # `mikit grade` end to end on one solution (the quickest); the others' checks pass under nbval.
-    report = grade(SOLUTIONS / name)
+    report = grade(SOLUTIONS / name, reference=NOTEBOOKS / name)
     failed = {gid: g.message for gid, g in report.exercises.items() if g.points < g.max_points}
     assert report.total == report.max_total > 0, failed
 
