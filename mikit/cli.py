@@ -1,8 +1,9 @@
-"""The `mikit` command: `mikit build [--check]`, `mikit grade PATH [--json]`."""
+"""The `mikit` command: `mikit build [--check]`, `mikit grade PATH... [--json] [--csv F] [--feedback DIR]`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,14 +21,33 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from mikit.grading import GradingError, grade
+    from mikit import grading
 
     try:
-        report = grade(Path(args.path), reference=args.reference, cell_timeout=args.timeout)
-    except GradingError as error:
+        if len(args.paths) == 1 and args.paths[0].is_file() and not (args.csv or args.feedback):
+            report = grading.grade(args.paths[0], reference=args.reference, cell_timeout=args.timeout)
+            print(report.to_json() if args.json else report.to_text())
+            return 0
+        results = grading.grade_class(
+            args.paths, args.reference, jobs=args.jobs, cell_timeout=args.timeout,
+            notebook_timeout=args.notebook_timeout, memory_gb=args.memory_gb, id_pattern=args.id_pattern,
+        )
+    except grading.GradingError as error:
         print(f"mikit grade: {error}", file=sys.stderr)
         return 2
-    print(report.to_json() if args.json else report.to_text())
+    if args.csv:
+        grading.write_csv(results, args.csv)
+    if args.feedback:
+        grading.write_feedback(results, args.feedback)
+    if args.json:
+        rows = [{"student": r.student, "file": str(r.path), "problem": r.problem,
+                 "report": json.loads(r.report.to_json()) if r.report else None} for r in results]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        width = max(len(r.student) for r in results)
+        for r in results:
+            score = f"{r.report.total:g}/{r.report.max_total:g}" if r.report else "not graded"
+            print(f"{r.student:<{width}}  {score}  {r.problem}".rstrip())
     return 0
 
 
@@ -39,13 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--check", action="store_true", help="exit 1 if notebooks/ is out of sync")
     b.set_defaults(run=_build)
 
-    g = sub.add_parser("grade", help="execute a copy of a notebook and report points per exercise")
-    g.add_argument("path", help="the student's .ipynb file (it is not modified)")
-    g.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    g = sub.add_parser("grade", help="execute copies of notebooks and report points per exercise")
+    g.add_argument("paths", nargs="+", type=Path, help="students' .ipynb files or folders of them (never modified)")
+    g.add_argument("--json", action="store_true", help="print JSON for scripts")
     g.add_argument(
         "--reference", type=Path, help="released exercise notebook (default: the one named in the submission's metadata)"
     )
     g.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell (default 300)")
+    g.add_argument("--csv", type=Path, help="write one row per submission to this CSV file")
+    g.add_argument("--feedback", type=Path, help="write <student>.md and .html feedback into this folder")
+    g.add_argument("-j", "--jobs", type=int, default=1, help="submissions graded at once (default 1)")
+    g.add_argument("--notebook-timeout", type=int, default=1800, help="seconds allowed per notebook (default 1800)")
+    g.add_argument("--memory-gb", type=float, default=8.0, help="memory cap per submission in GiB (default 8)")
+    g.add_argument("--id-pattern", help="regular expression on the file name; its first group is the student id")
     g.set_defaults(run=_grade)
 
     args = parser.parse_args(argv)

@@ -10,8 +10,18 @@ its file name and never from the submission's own checks. The student's file is 
 
 from __future__ import annotations
 
+import csv
+import html
 import json
+import os
 import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +33,7 @@ from nbconvert.preprocessors import ClearOutputPreprocessor
 from mikit.build import NOTEBOOKS, released_version
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+MAX_MESSAGE = 400  # characters of a check's message kept in a report (a student's error can be megabytes)
 
 
 class GradingError(Exception):
@@ -45,6 +56,12 @@ class GradeReport:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> GradeReport:
+        data = json.loads(text)
+        exercises = {gid: ExerciseGrade(**grade) for gid, grade in data["exercises"].items()}
+        return cls(data["total"], data["max_total"], exercises, data.get("notes", []))
 
     def to_text(self) -> str:
         width = max((len(g) for g in self.exercises), default=10)
@@ -73,10 +90,14 @@ def _verdict(cell: nbformat.NotebookNode) -> tuple[bool, str]:
             text = out.evalue or out.ename
             if out.ename == "CellTimeoutError" or not text:
                 text = out.ename
-            return False, ANSI.sub("", text).strip()
+            return False, _shorten(ANSI.sub("", text).strip())
     stdout = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
-    return True, lines[-1] if lines else "passed"
+    return True, _shorten(lines[-1]) if lines else "passed"
+
+
+def _shorten(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
 def load_notebook(path: Path) -> nbformat.NotebookNode:
@@ -157,3 +178,171 @@ def grade(
         report.total += points
         report.max_total += max_points
     return report
+
+
+@dataclass
+class SubmissionResult:
+    """One row of a class: the student, their file, and the report, or why there is none."""
+
+    student: str
+    path: Path
+    report: GradeReport | None
+    problem: str = ""
+
+
+def find_submissions(paths: list[Path]) -> list[Path]:
+    """The notebooks named, and those in the folders named (recursively, skipping checkpoints), in order."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise GradingError(f"{path} does not exist; expected notebooks or folders of notebooks.")
+    if not found:
+        raise GradingError(f"no .ipynb notebooks in {', '.join(map(str, paths))}.")
+    return found
+
+
+def student_id(path: Path, pattern: str | None = None) -> str:
+    """The file name without `.ipynb`, or the first group of `pattern` searched in the file name."""
+    if pattern is None:
+        return path.stem
+    match = re.search(pattern, path.name)
+    if not match:
+        raise GradingError(f"--id-pattern {pattern!r} does not match the file name {path.name!r}.")
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def grade_class(
+    paths: list[Path],
+    reference: Path | None = None,
+    *,
+    jobs: int = 1,
+    cell_timeout: int = 300,
+    notebook_timeout: int = 1800,
+    memory_gb: float = 8.0,
+    id_pattern: str | None = None,
+    progress: bool = True,
+) -> list[SubmissionResult]:
+    """Grade every submission in its own process, working folder and HOME, with time and memory limits.
+
+    A notebook that loops, raises, floods its output, kills its kernel or deletes files still gets a
+    row with the reason, and cannot change another's: each runs on a private copy. This isolates
+    mistakes, not attacks: run hostile code in a container.
+    """
+    from tqdm.auto import tqdm
+
+    submissions = find_submissions(paths)
+    students = [student_id(path, id_pattern) for path in submissions]
+    twins = {s for s in students if students.count(s) > 1}
+    if twins:
+        raise GradingError(f"several submissions share the student id {sorted(twins)[0]!r}: rename them or pass --id-pattern.")
+    reference = Path(reference).resolve() if reference else None
+
+    with tempfile.TemporaryDirectory(prefix="mikit-grade-") as scratch:
+        # Every submission is copied before any runs, so a notebook that deletes files reaches no other's.
+        folders = []
+        for i, path in enumerate(submissions):
+            folder = Path(scratch) / str(i)
+            (folder / "work").mkdir(parents=True)
+            (folder / "home").mkdir()
+            shutil.copyfile(path, folder / "work" / path.name)
+            folders.append(folder)
+
+        def one(i: int) -> SubmissionResult:
+            copy = folders[i] / "work" / submissions[i].name
+            result = _grade_isolated(copy, reference, cell_timeout, notebook_timeout, memory_gb)
+            return SubmissionResult(students[i], submissions[i], *result)
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            rows = pool.map(one, range(len(submissions)))
+            return list(tqdm(rows, total=len(submissions), desc="grading", unit="notebook", disable=not progress))
+
+
+def _grade_isolated(
+    copy: Path, reference: Path | None, cell_timeout: int, notebook_timeout: int, memory_gb: float
+) -> tuple[GradeReport | None, str]:
+    """`mikit grade COPY --json` in a process of its own, HOME beside the copy; the report or why there is none."""
+    work, home = copy.parent, copy.parent.parent / "home"
+    command = [sys.executable, "-m", "mikit", "grade", str(copy), "--json", "--timeout", str(cell_timeout)]
+    command += ["--reference", str(reference)] if reference else []
+    limit = int(memory_gb * 2**30)
+
+    def cap_memory() -> None:  # runs in the child before exec; the kernel it starts inherits the cap
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    process = subprocess.Popen(
+        command, cwd=work, env=dict(os.environ, HOME=str(home)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True, preexec_fn=cap_memory,
+    )
+    try:
+        out, err = process.communicate(timeout=notebook_timeout)
+    except subprocess.TimeoutExpired:
+        # The grader's process group; its kernel, in a session of its own, exits when its parent is gone.
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        return None, f"stopped after {notebook_timeout} s, the time allowed per notebook"
+    if process.returncode != 0:
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        reason = lines[-1].removeprefix("mikit grade: ") if lines else f"the grader stopped (exit code {process.returncode})"
+        return None, _shorten(reason)
+    return GradeReport.from_json(out), ""
+
+
+def write_csv(results: list[SubmissionResult], path: Path) -> None:
+    """One row per submission: student, file, points per exercise, total, max total, problem."""
+    exercises = list(dict.fromkeys(gid for r in results if r.report for gid in r.report.exercises))
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["student", "file", *exercises, "total", "max_total", "problem"])
+        for r in results:
+            points = [r.report.exercises[g].points if r.report and g in r.report.exercises else 0.0 for g in exercises]
+            total, max_total = (r.report.total, r.report.max_total) if r.report else (0.0, "")
+            writer.writerow([r.student, r.path.name, *points, total, max_total, r.problem])
+
+
+def feedback_markdown(result: SubmissionResult) -> str:
+    """What a student reads: points and the message of each exercise (never hidden inputs or references)."""
+    lines = [f"# Feedback for {result.student}", "", f"Notebook: `{result.path.name}`", ""]
+    if result.report is None:
+        return "\n".join(lines + [f"**Not graded:** {result.problem}", ""])
+    report = result.report
+    lines += [f"**Total: {report.total:g} / {report.max_total:g}**", ""]
+    lines += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
+    lines += ["| exercise | points | feedback |", "|---|---|---|"]
+    for gid, grade in report.exercises.items():
+        message = grade.message.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {gid} | {grade.points:g} / {grade.max_points:g} | {message} |")
+    return "\n".join(lines + [""])
+
+
+def feedback_html(result: SubmissionResult) -> str:
+    """The same feedback as a standalone HTML page."""
+    esc = html.escape
+    head = f"<h1>Feedback for {esc(result.student)}</h1><p>Notebook: <code>{esc(result.path.name)}</code></p>"
+    if result.report is None:
+        body = f"<p><strong>Not graded:</strong> {esc(result.problem)}</p>"
+    else:
+        report = result.report
+        notes = "".join(f"<blockquote>{esc(note)}</blockquote>" for note in report.notes)
+        rows = "".join(
+            f"<tr><td>{esc(gid)}</td><td>{g.points:g} / {g.max_points:g}</td><td>{esc(g.message)}</td></tr>"
+            for gid, g in report.exercises.items()
+        )
+        body = (
+            f"<p><strong>Total: {report.total:g} / {report.max_total:g}</strong></p>{notes}"
+            f"<table><tr><th>exercise</th><th>points</th><th>feedback</th></tr>{rows}</table>"
+        )
+    style = "body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;padding:.3em .6em}"
+    return f'<!doctype html><html><head><meta charset="utf-8"><style>{style}</style></head><body>{head}{body}</body></html>\n'
+
+
+def write_feedback(results: list[SubmissionResult], folder: Path) -> None:
+    """`folder/<student>.md` and `.html` for every submission."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        (folder / f"{result.student}.md").write_text(feedback_markdown(result))
+        (folder / f"{result.student}.html").write_text(feedback_html(result))

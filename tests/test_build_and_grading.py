@@ -10,7 +10,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from mikit.build import SOLUTIONS, KitSettings, build, exercise_version
 from mikit.cli import main
-from mikit.grading import GradingError, grade
+from mikit.grading import GradingError, feedback_markdown, grade, grade_class, student_id
 
 SOLUTION_BODY = "def add(a, b):\n    ### BEGIN SOLUTION\n    return a + b\n    ### END SOLUTION\n"
 CHECK = (
@@ -219,3 +219,66 @@ def test_readme_badges_and_colab_lines_follow_the_setting():
         assert settings.colab_badge(f"notebooks/{path.name}") in readme, path.name
     for line in settings.install_lines():
         assert line in readme
+
+
+def submission(ex, tmp_path, name, body):
+    """The released exercise notebook with `body` as the student's answer cell."""
+    nb = nbformat.read(ex, as_version=4)
+    nb.cells[1].source = body
+    nbformat.write(nb, tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.notebook
+def test_a_class_is_graded_at_once_and_one_bad_notebook_harms_no_other(course, tmp_path, monkeypatch):
+    sol, ex = course
+    monkeypatch.setattr("mikit.grading.NOTEBOOKS", ex.parent)  # the in-process half; workers get --reference
+    folder = tmp_path / "class"
+    folder.mkdir()
+    submission(ex, folder, "alice.ipynb", SOLUTION_BODY)
+    submission(ex, folder, "bob.ipynb", "def add(a, b):\n    return a * b")
+    submission(ex, folder, "carol_loops.ipynb", "while True:\n    pass")
+    submission(ex, folder, "dave_crashes.ipynb", "import os\nos._exit(1)")
+    submission(ex, folder, "erin_floods.ipynb", SOLUTION_BODY + "print('x' * 20_000_000)\n")
+    # Deletes everything it can reach: its folder, its HOME and the class folder it came from.
+    wiper = f"import os, shutil\nfor p in ('.', os.path.expanduser('~'), {str(folder)!r}):\n    shutil.rmtree(p, ignore_errors=True)\n"
+    submission(ex, folder, "frank_deletes.ipynb", wiper + SOLUTION_BODY)
+    (folder / "notes.txt").write_text("not a notebook")
+    csv_path, feedback = tmp_path / "grades.csv", tmp_path / "feedback"
+    code = main(["grade", str(folder), "--reference", str(ex), "--csv", str(csv_path), "--feedback", str(feedback),
+                 "-j", "2", "--timeout", "40", "--notebook-timeout", "240"])
+    assert code == 0, csv_path.read_text()
+    rows = {row["student"]: row for row in __import__("csv").DictReader(csv_path.open())}
+    assert list(rows) == ["alice", "bob", "carol_loops", "dave_crashes", "erin_floods", "frank_deletes"]
+    assert {s: row["total"] for s, row in rows.items()} == {
+        "alice": "2.0", "bob": "0.0", "carol_loops": "0.0", "dave_crashes": "0.0", "erin_floods": "2.0", "frank_deletes": "2.0"
+    }
+    assert rows["alice"]["check_add"] == "2.0" and rows["alice"]["max_total"] == "2.0"
+    alice = (feedback / "alice.md").read_text()
+    assert "**Total: 2 / 2**" in alice and "✓ add: correct." in alice
+    assert "add(2, 3)" in (feedback / "bob.md").read_text()  # the check's own sentence
+    assert "name 'add' is not defined" in (feedback / "carol_loops.md").read_text()  # its loop was interrupted
+    assert "never executed (the kernel died" in (feedback / "dave_crashes.html").read_text()
+    assert not folder.exists()  # frank really deleted it, after everyone's copy was taken
+
+
+def test_a_looping_notebook_is_stopped_at_the_notebook_limit(course, tmp_path):
+    sol, ex = course
+    nb = submission(ex, tmp_path, "loops.ipynb", "import time\nwhile True:\n    time.sleep(0.1)")
+
+    (result,) = grade_class([nb], ex, cell_timeout=600, notebook_timeout=15, progress=False)
+    assert result.report is None and result.problem == "stopped after 15 s, the time allowed per notebook"
+    assert "Not graded:** stopped after 15 s" in feedback_markdown(result)
+
+
+def test_memory_cap_and_student_ids(course, tmp_path):
+    sol, ex = course
+    hog = submission(ex, tmp_path, "s123_hog.ipynb", "block = bytearray(6 * 2**30)\n" + SOLUTION_BODY)
+    (result,) = grade_class([hog], ex, memory_gb=3, id_pattern=r"^(s\d+)_", progress=False)
+    assert result.student == "s123" and result.report.total == 0  # MemoryError before add was defined
+    assert "is not defined" in result.report.exercises["check_add"].message
+    with pytest.raises(GradingError, match="does not match the file name 'x.ipynb'"):
+        student_id(tmp_path / "x.ipynb", r"^(s\d+)_")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GradingError, match="no .ipynb notebooks in"):
+        grade_class([tmp_path / "empty"], ex)
