@@ -10,6 +10,7 @@ its file name and never from the submission's own checks. The student's file is 
 
 from __future__ import annotations
 
+import ast
 import csv
 import html
 import json
@@ -29,6 +30,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 from nbconvert.preprocessors import ClearOutputPreprocessor
+from nbformat.v4 import new_code_cell
 
 from mikit.build import NOTEBOOKS, released_version
 
@@ -100,6 +102,88 @@ def _shorten(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
+def _defined_names(source: str) -> set[str]:
+    """Top-level functions and variables a cell defines (none if it is not valid Python)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    names = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _grade_id(cell: nbformat.NotebookNode) -> str | None:
+    return cell.metadata.get("nbgrader", {}).get("grade_id")
+
+
+def restore_cells(nb: nbformat.NotebookNode, released: nbformat.NotebookNode) -> list[str]:
+    """Put a damaged submission back into gradable shape, in place; one sentence per repair.
+
+    Cells are matched by nbgrader metadata, and where it is gone (VS Code, copy-paste) by source: a check
+    by its text or its `check.NAME(` call, a solution by the function it defines. Retyped cells become
+    code again; each check runs the released source, once, below its solution (put back if deleted).
+    """
+    notes = []
+    checks = _checks_by_id(released)
+    solutions = {  # solution grade_id -> the names its released cell defines
+        _grade_id(c): _defined_names(c.source) for c in released.cells if c.metadata.get("nbgrader", {}).get("solution")
+    }
+    # A check belongs to the solution cell above it in the released notebook.
+    solution_of, above = {}, None
+    for cell in released.cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            above = _grade_id(cell)
+        elif _is_check(cell):
+            solution_of[_grade_id(cell)] = above
+    for i, cell in enumerate(nb.cells):
+        gid = _grade_id(cell)
+        if gid is None:
+            text = cell.source.strip()
+            call = re.match(r"check\.(\w+)\(", text)
+            by_text = next((g for g, c in checks.items() if c.source.strip() == text), None)
+            gid = by_text or (call.group(1) if call and call.group(1) in checks else None)
+            if gid is None:
+                defined = _defined_names(cell.source)
+                gid = next((g for g, names in solutions.items() if names and names <= defined), None)
+            if gid is None:
+                continue
+            source_cell = checks[gid] if gid in checks else next(c for c in released.cells if _grade_id(c) == gid)
+            cell.metadata["nbgrader"] = dict(source_cell.metadata.nbgrader)
+            notes.append(f"cell {i + 1} had lost its grading metadata; it was recognised as `{gid}`.")
+        if gid in checks or gid in solutions:
+            if cell.cell_type != "code":
+                notes.append(f"cell {i + 1} (`{gid}`) had been turned into a {cell.cell_type} cell; it was run as code.")
+                nb.cells[i] = new_code_cell(cell.source, metadata=cell.metadata, id=cell.get("id"))
+    kept = []
+    for i, cell in enumerate(nb.cells):
+        gid = _grade_id(cell)
+        if gid in checks and _is_check(cell):
+            if any(_grade_id(k) == gid for k in kept if _is_check(k)):
+                notes.append(f"check `{gid}` appeared more than once (cell {i + 1}); only the first copy was run.")
+                continue
+            if cell.source.strip() != checks[gid].source.strip():
+                notes.append(f"check `{gid}` had been edited; the released check was run instead.")
+            cell.source = checks[gid].source
+        kept.append(cell)
+    for gid, check in checks.items():
+        position = next((i for i, c in enumerate(kept) if _is_check(c) and _grade_id(c) == gid), None)
+        solution = next((i for i, c in enumerate(kept) if solution_of[gid] and _grade_id(c) == solution_of[gid]), None)
+        if position is None:
+            cell = new_code_cell(check.source, metadata=dict(check.metadata))
+            where = "after your solution" if solution is not None else "at the end (no solution cell was found for it)"
+            kept.insert(solution + 1 if solution is not None else len(kept), cell)
+            notes.append(f"check `{gid}` had been deleted; the released check was put back {where}.")
+        elif solution is not None and position < solution:
+            kept.insert(solution, kept.pop(position))  # the solution moved up by one when the check left
+            notes.append(f"check `{gid}` had been moved above its exercise; it was run below it.")
+    nb.cells = kept
+    return notes
+
+
 def load_notebook(path: Path) -> nbformat.NotebookNode:
     """Read a notebook, or fail with one sentence saying what was expected."""
     path = Path(path)
@@ -142,17 +226,14 @@ def grade(
     released = _checks_by_id(reference_nb)
     if not released:
         raise GradingError(f"{reference or 'the released notebook'} has no check cells (nbgrader `grade` cells) to grade with.")
+    notes = restore_cells(nb, reference_nb)
     submitted = _checks_by_id(nb)
-    notes = []
     made_from = nb.metadata.get("mikit", {}).get("version")
     if made_from and made_from != released_version(reference_nb):
         notes.append(
             f"the submission was made from checks version {made_from}, and is graded with version "
             f"{released_version(reference_nb)} (the released checks changed since)."
         )
-    for gid, cell in submitted.items():
-        if gid in released:
-            cell.source = released[gid].source
     client = NotebookClient(
         nb,
         timeout=cell_timeout,

@@ -142,7 +142,60 @@ def test_grade_resets_edited_checks_and_zeroes_deleted_ones(course, tmp_path):
     del cheat.cells[2]
     nbformat.write(cheat, tmp_path / "deleted.ipynb")
     report = grade(tmp_path / "deleted.ipynb", reference=ex)
-    assert report.total == 0 and "deleted" in report.exercises["check_add"].message
+    assert report.total == 0 and "NotImplementedError" in report.exercises["check_add"].message
+    assert report.notes == ["check `check_add` had been deleted; the released check was put back after your solution."]
+
+
+def damaged(ex, tmp_path, name, damage):
+    """A correct submission (the tiny notebook) with `damage(nb)` applied, written to `name`."""
+    nb = nbformat.read(ex, as_version=4)
+    nb.cells[1].source = SOLUTION_BODY
+    damage(nb)
+    nbformat.write(nb, tmp_path / name)
+    return tmp_path / name
+
+
+def lose_metadata(nb):
+    for cell in nb.cells:
+        cell.metadata = {}
+
+
+def retype_check(nb):
+    nb.cells[2] = nbformat.v4.new_markdown_cell(nb.cells[2].source, metadata=nb.cells[2].metadata)
+
+
+def duplicate_check(nb):
+    nb.cells.append(nbformat.from_dict(nb.cells[2]))
+
+
+def move_check_up(nb):
+    nb.cells.insert(0, nb.cells.pop(2))
+
+
+def delete_and_edit(nb):
+    del nb.cells[2]
+
+
+def edit_check(nb):
+    nb.cells[2].source = "passed('add')"
+
+
+@pytest.mark.parametrize(
+    "damage, note",
+    [
+        (lose_metadata, "cell 2 had lost its grading metadata; it was recognised as `add`."),
+        (retype_check, "cell 3 (`check_add`) had been turned into a markdown cell; it was run as code."),
+        (duplicate_check, "check `check_add` appeared more than once (cell 5); only the first copy was run."),
+        (move_check_up, "check `check_add` had been moved above its exercise; it was run below it."),
+        (delete_and_edit, "check `check_add` had been deleted; the released check was put back after your solution."),
+        (edit_check, "check `check_add` had been edited; the released check was run instead."),
+    ],
+)
+def test_damaged_notebooks_are_repaired_with_one_sentence_each(course, tmp_path, damage, note):
+    sol, ex = course
+    report = grade(damaged(ex, tmp_path, f"{damage.__name__}.ipynb", damage), reference=ex)
+    assert note in report.notes, report.notes
+    assert (report.total, report.max_total) == (2, 2), report.exercises
 
 
 def test_grade_json_has_the_documented_shape(course, capsys):

@@ -28,18 +28,31 @@ def test_every_solution_check_cell_shows_its_pass_line():
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NAMES[:1])
-def test_solution_gets_full_marks(name):
-    # `mikit grade` end to end on one solution (the quickest); the others' checks pass under nbval.
-    report = grade(SOLUTIONS / name, reference=NOTEBOOKS / name)
+def test_damaged_solution_still_gets_full_marks(name, tmp_path):
+    # `mikit grade` end to end on one solution (the quickest; the others' checks pass under nbval), damaged
+    # as editors and copy-paste damage notebooks: every cell's metadata gone (VS Code), one check retyped
+    # as Markdown, one moved above its exercise, one deleted.
+    nb = nbformat.read(SOLUTIONS / name, as_version=4)
+    checks = [i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade")]
+    for cell in nb.cells:
+        cell.metadata = {}
+    nb.cells[checks[0]] = nbformat.v4.new_markdown_cell(nb.cells[checks[0]].source)
+    nb.cells.insert(checks[1] - 2, nb.cells.pop(checks[1]))
+    del nb.cells[checks[-1]]
+    nbformat.write(nb, tmp_path / name)
+    report = grade(tmp_path / name, reference=NOTEBOOKS / name)
     failed = {gid: g.message for gid, g in report.exercises.items() if g.points < g.max_points}
-    assert report.total == report.max_total > 0, failed
+    assert report.total == report.max_total > 0, (failed, report.notes)
+    assert sum("had been deleted" in note for note in report.notes) == 1
+    assert sum("moved above its exercise" in note for note in report.notes) == 1
+    assert sum("turned into a markdown cell" in note for note in report.notes) == 1
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NAMES)
 def test_exercise_notebook_scores_zero(name):
-    report = grade(NOTEBOOKS / name)
-    assert report.max_total > 0
+    report = grade(NOTEBOOKS / name)  # found by the id in its metadata
+    assert report.max_total > 0 and report.notes == []
     assert report.total == 0, {gid: g.message for gid, g in report.exercises.items() if g.points}
     # A stub's own check names the stub; a check that needs an earlier exercise's result names what is missing.
     messages = {gid: g.message for gid, g in report.exercises.items()}
