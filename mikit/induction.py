@@ -58,10 +58,10 @@ def induction_scores(pattern: Float[Tensor, "batch head q k"], seq_len: int) -> 
 def random_token_range(model: HookedTransformer) -> tuple[int, int]:
     """Token ids to draw random sequences from: no special tokens; ordinary words in big vocabularies."""
     tok = model.tokenizer
-    low = 1 + max(tok.all_special_ids) if tok is not None and tok.all_special_ids else 1
-    if model.cfg.d_vocab > 20_000:
-        return max(low, 1000), 20_000
-    return low, model.cfg.d_vocab
+    low, high = (1000, 20_000) if model.cfg.d_vocab > 20_000 else (1, model.cfg.d_vocab)
+    # Above every special id inside the range (SmolLM2's sit at the start; GPT-2's one, 50256, is past it).
+    specials = [i for i in (tok.all_special_ids if tok is not None else []) if i < high]
+    return max([low, *(1 + i for i in specials)]), high
 
 
 def repeated_tokens(model: HookedTransformer, seq_len: int, batch: int, seed: int = 0) -> Int[Tensor, "batch pos"]:

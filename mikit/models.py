@@ -82,19 +82,26 @@ def load_model(name: str, device: str | None = None) -> HookedTransformer:
 
     if name in ZOO_MODELS:
         return load_zoo_model(name, device).eval()
-    offline_models = ", ".join(_offline_models())
     if name.lower() in make_model_alias_map():
-        if offline_mode():
-            # Fail at once: a hub call would otherwise hang for tens of seconds before failing.
-            raise ValueError(
-                f"{name!r} needs the Hugging Face Hub, which is unreachable in offline mode; "
-                f"offline models: {offline_models}."
-            )
-        return HookedTransformer.from_pretrained(name, device=device).eval()
+        return load_hub_model(name, device).eval()
     raise ValueError(
-        f"Unknown model {name!r}: the offline models are {offline_models}, "
+        f"Unknown model {name!r}: the offline models are {', '.join(_offline_models())}, "
         "and TransformerLens hub names such as 'gpt2-small' load from the Hugging Face Hub."
     )
+
+
+def load_hub_model(name: str, device: str) -> HookedTransformer:
+    """A TransformerLens hub model (`from_pretrained`, weights processed as TransformerLens does by default).
+
+    The only place mikit reaches the Hub for a language model: the full-mode tests replace it with a stand-in.
+    """
+    if offline_mode():
+        # Fail at once: a hub call would otherwise hang for tens of seconds before failing.
+        raise ValueError(
+            f"{name!r} needs the Hugging Face Hub, which is unreachable in offline mode; "
+            f"offline models: {', '.join(_offline_models())}."
+        )
+    return HookedTransformer.from_pretrained(name, device=device)
 
 
 def smollm2_gguf() -> Path:

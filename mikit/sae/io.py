@@ -125,13 +125,21 @@ def load_released(release: str, sae_id: str, device: str | torch.device = "cpu")
     """
     import tempfile
 
-    from sae_lens import SAE as SAELensSAE
-
     with tempfile.TemporaryDirectory() as folder:
-        SAELensSAE.from_pretrained(release, sae_id, device=str(device)).save_model(folder)
+        download_released(release, sae_id, folder)
         sae = load(folder, device)
     sae.metadata.setdefault("release", release)
     return sae
+
+
+def download_released(release: str, sae_id: str, folder: str | Path) -> None:
+    """Write a released SAE into `folder` in SAELens's on-disk format, through SAELens (needs the Hub).
+
+    The only place mikit reaches the Hub for an SAE: the full-mode tests replace it with a stand-in.
+    """
+    from sae_lens import SAE as SAELensSAE
+
+    SAELensSAE.from_pretrained(release, sae_id, device="cpu").save_model(folder)
 
 def _check_supported(cfg: dict[str, Any]) -> None:
     for key in ("d_in", "d_sae"):

@@ -199,18 +199,24 @@ def _hub_offline() -> bool:
 
 def load_stable_diffusion(model_id: str = "stabilityai/sd-turbo", device: str | None = None):
     """A text-to-image pipeline from the Hub: float16 on CUDA, float32 on the CPU (full mode, e.g. on Colab)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # float16 halves memory and time on a GPU; many CPU kernels lack float16.
+    half = device.startswith("cuda")
+    pipe = pipeline_from_hub(model_id, torch.float16 if half else torch.float32, "fp16" if half else None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def pipeline_from_hub(model_id: str, dtype: torch.dtype, variant: str | None):
+    """`AutoPipelineForText2Image.from_pretrained`, failing with one sentence when the Hub is out of reach.
+
+    The only place mikit reaches the Hub for a diffusion model: the full-mode tests replace it with a stand-in.
+    """
     if _hub_offline():
         raise RuntimeError(f"Stable Diffusion ({model_id}) needs the Hugging Face Hub, and HF_HUB_OFFLINE is set: run notebook 05 in full mode on Colab.")
     from diffusers import AutoPipelineForText2Image
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # float16 halves memory and time on a GPU; many CPU kernels lack float16.
-    half = device.startswith("cuda")
     try:
-        pipe = AutoPipelineForText2Image.from_pretrained(
-            model_id, torch_dtype=torch.float16 if half else torch.float32, **({"variant": "fp16"} if half else {})
-        )
+        return AutoPipelineForText2Image.from_pretrained(model_id, torch_dtype=dtype, **({"variant": variant} if variant else {}))
     except Exception as error:
         raise RuntimeError(f"could not load {model_id} from the Hugging Face Hub ({type(error).__name__}): run notebook 05 in full mode on Colab, with internet access.") from error
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
