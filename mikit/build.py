@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,10 @@ PYPROJECT = PACKAGE.parent / "pyproject.toml"
 STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 COLAB_GUARD = '"google.colab" in sys.modules'
 BADGE = re.compile(r"^\[!\[Open In Colab\]\(.*\n?")
+
+
+class BuildError(Exception):
+    """`mikit build` would overwrite work; the message says which files and how to go on."""
 
 
 @dataclass(frozen=True)
@@ -105,21 +110,63 @@ def exercise_version(
     return nb
 
 
+def _checksum(nb: nbformat.NotebookNode) -> str:
+    """A hash of the whole notebook, its own checksum field left out."""
+    nb = nbformat.from_dict(nb)
+    nb.metadata.get("mikit", {}).pop("checksum", None)
+    return hashlib.sha256(nbformat.writes(nb).encode()).hexdigest()[:16]
+
+
+def edited_since_build(path: Path) -> bool | None:
+    """Whether a notebook changed since `mikit build` wrote it; None when it was built before checksums."""
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:  # not a notebook any more: someone's work, whatever it is
+        return True
+    stored = nb.metadata.get("mikit", {}).get("checksum")
+    return None if stored is None else stored != _checksum(nb)
+
+
 def build(
-    check: bool = False, solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS, settings: KitSettings | None = None
+    check: bool = False,
+    solutions: Path | None = None,
+    notebooks: Path | None = None,
+    settings: KitSettings | None = None,
+    force: bool = False,
 ) -> list[Path]:
     """Write `notebooks/` from `solutions/`; with `check`, write nothing and return the stale files.
 
     Both get their Colab cell's install lines from `settings` (default: pyproject's `[tool.mikit]`), so a
     solution whose lines are out of date is rewritten too (that cell only); exercises get a Colab badge.
+    An exercise notebook edited since it was built (a student's work) is never overwritten or deleted:
+    the build raises BuildError naming it, unless `force`, which keeps the old file as `NAME.ipynb.bak`.
     """
+    solutions, notebooks = Path(solutions or SOLUTIONS), Path(notebooks or NOTEBOOKS)
     if not solutions.is_dir():
         raise FileNotFoundError(
             f"{solutions} does not exist: `mikit build` works in a clone of the repository (pip install -e .), "
             "not in an installed wheel."
         )
     settings = settings or KitSettings.read()
-    stale = []
+    stale, refused = [], []
+
+    def replace(path: Path, text: str | None) -> None:
+        """Write `text` to `path` (delete it for None), keeping what someone changed there."""
+        stale.append(path)
+        if check:
+            return
+        edited = edited_since_build(path) if path.exists() else False
+        if edited and not force:
+            refused.append(path)
+            return
+        if edited is not False:  # edited and forced, or built before checksums: keep a copy
+            shutil.copyfile(path, path.with_name(path.name + ".bak"))
+        if text is None:
+            path.unlink()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
     for src in sorted(solutions.glob("*.ipynb")):
         solution = nbformat.read(src, as_version=4)
         before = nbformat.writes(solution)
@@ -128,18 +175,19 @@ def build(
             if not check:
                 nbformat.write(solution, src)
         dst = notebooks / src.name
-        badge = settings.colab_badge(f"{notebooks.name}/{src.name}")
-        text = nbformat.writes(exercise_version(solution, badge, notebook_id=src.stem)) + "\n"
-        if dst.exists() and dst.read_text() == text:
-            continue
-        stale.append(dst)
-        if not check:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_text(text)
+        exercise = exercise_version(solution, settings.colab_badge(f"{notebooks.name}/{src.name}"), notebook_id=src.stem)
+        exercise.metadata["mikit"]["checksum"] = _checksum(exercise)
+        text = nbformat.writes(exercise) + "\n"
+        if not (dst.exists() and dst.read_text() == text):
+            replace(dst, text)
     expected = {p.name for p in solutions.glob("*.ipynb")}
     for orphan in sorted(notebooks.glob("*.ipynb")):
         if orphan.name not in expected:
-            stale.append(orphan)
-            if not check:
-                orphan.unlink()
+            replace(orphan, None)
+    if refused:
+        names = ", ".join(str(p) for p in refused)
+        raise BuildError(
+            f"{names} changed since `mikit build` wrote them (someone's work?) and were left as they are; "
+            "save that work elsewhere, or run `mikit build --force` to overwrite them, keeping each old file as NAME.ipynb.bak."
+        )
     return stale

@@ -9,9 +9,13 @@ from pathlib import Path
 
 
 def _build(args: argparse.Namespace) -> int:
-    from mikit.build import build
+    from mikit.build import BuildError, build
 
-    stale = build(check=args.check)
+    try:
+        stale = build(check=args.check, force=args.force)
+    except BuildError as error:
+        print(f"mikit build: {error}", file=sys.stderr)
+        return 1
     if args.check and stale:
         names = ", ".join(str(p) for p in stale)
         print(f"out of sync with solutions/: {names}; run `mikit build` and commit the result.")
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     b = sub.add_parser("build", help="write notebooks/ (exercises) from solutions/")
     b.add_argument("--check", action="store_true", help="exit 1 if notebooks/ is out of sync")
+    b.add_argument("--force", action="store_true", help="overwrite edited exercise notebooks, keeping NAME.ipynb.bak")
     b.set_defaults(run=_build)
 
     g = sub.add_parser("grade", help="execute copies of notebooks and report points per exercise")

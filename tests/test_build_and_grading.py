@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from mikit.build import SOLUTIONS, KitSettings, build, exercise_version
+from mikit.build import SOLUTIONS, BuildError, KitSettings, build, exercise_version
 from mikit.cli import main
 from mikit.grading import GradingError, feedback_markdown, grade, grade_class, student_id
 
@@ -232,7 +232,8 @@ def test_renamed_submission_is_graded_against_its_released_notebook(course, tmp_
     renamed = tmp_path / "alice_final_v2.ipynb"
     nbformat.write(nb, renamed)
     report = grade(renamed)
-    assert (report.total, report.max_total, report.notes) == (2, 2, [])
+    assert (report.total, report.max_total) == (2, 2)
+    assert report.notes == ["check `check_add` had been edited; the released check was run instead."]
     nb.cells[1].source = "def add(a, b):\n    return a - b"
     nbformat.write(nb, renamed)
     assert grade(renamed).total == 0
@@ -335,3 +336,40 @@ def test_memory_cap_and_student_ids(course, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(GradingError, match="no .ipynb notebooks in"):
         grade_class([tmp_path / "empty"], ex)
+
+
+def test_build_never_overwrites_an_edited_exercise_notebook(course, capsys, monkeypatch):
+    sol, ex = course
+    work = nbformat.read(ex, as_version=4)
+    work.cells[1].source = SOLUTION_BODY  # a student solved it in place
+    nbformat.write(work, ex)
+    orphan = ex.parent / "99_mine.ipynb"
+    nbformat.write(work, orphan)  # no solution of that name: build would delete it
+    edited_solution = nbformat.read(sol, as_version=4)
+    edited_solution.cells[0].source = "# Tiny, second edition"
+    nbformat.write(edited_solution, sol)
+    with pytest.raises(BuildError, match=r"00_tiny.ipynb, .*99_mine.ipynb changed since `mikit build` wrote them"):
+        build(solutions=sol.parent, notebooks=ex.parent)
+    assert nbformat.read(ex, as_version=4).cells[1].source == SOLUTION_BODY and orphan.exists()
+    monkeypatch.chdir(sol.parent.parent)
+    monkeypatch.setattr("mikit.build.SOLUTIONS", sol.parent)
+    monkeypatch.setattr("mikit.build.NOTEBOOKS", ex.parent)
+    assert main(["build"]) == 1 and "mikit build --force" in capsys.readouterr().err
+    build(solutions=sol.parent, notebooks=ex.parent, force=True)
+    assert nbformat.read(ex, as_version=4).cells[0].source.endswith("# Tiny, second edition")
+    assert nbformat.read(ex.with_name("00_tiny.ipynb.bak"), as_version=4).cells[1].source == SOLUTION_BODY
+    assert not orphan.exists() and orphan.with_name("99_mine.ipynb.bak").exists()
+
+
+def test_build_overwrites_its_own_output_without_a_backup(course):
+    sol, ex = course
+    edited_solution = nbformat.read(sol, as_version=4)
+    edited_solution.cells[0].source = "# Tiny, second edition"
+    nbformat.write(edited_solution, sol)
+    assert build(solutions=sol.parent, notebooks=ex.parent) == [ex]
+    assert not list(ex.parent.glob("*.bak"))
+    legacy = nbformat.read(ex, as_version=4)
+    del legacy.metadata["mikit"]["checksum"]  # written before builds kept checksums
+    nbformat.write(legacy, ex)
+    build(solutions=sol.parent, notebooks=ex.parent)
+    assert ex.with_name("00_tiny.ipynb.bak").exists() and "checksum" in nbformat.read(ex, as_version=4).metadata.mikit
