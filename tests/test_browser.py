@@ -104,11 +104,11 @@ class Notebook:
     def canvas_data(self, canvas) -> str:
         return canvas.evaluate("(c) => c.toDataURL()")
 
-    def move_slider(self, cell, label: str, presses: int = 1) -> None:
+    def move_slider(self, cell, label: str, key: str = "ArrowRight") -> None:
+        """Move a slider one step with the keyboard, as a student would with its handle focused."""
         handle = self.control(cell, "slider", label).locator(".noUi-handle")
         handle.focus()
-        for _ in range(presses):
-            handle.press("ArrowRight")
+        handle.press(key)
 
     def assert_size(self, locator, what: str, min_px: float = 10) -> dict:
         box = locator.bounding_box()
@@ -147,6 +147,7 @@ class Notebook:
     def screenshot(self, locator, folder: Path, max_height: int = 1100) -> Path:
         """Scroll `locator` to the top of the notebook and save what is visible of it (at most max_height px)."""
         path = folder / f"{Path(self.name).stem}.png"
+        self.page.add_style_tag(content=".modebar-container { display: none !important; }")  # plotly's toolbar
         locator.evaluate("(el) => el.scrollIntoView({block: 'start'})")
         self.page.wait_for_timeout(500)
         box = locator.bounding_box()
@@ -281,8 +282,14 @@ def test_05_cross_attention(run_notebook, screenshot_dir):
     assert "unicorn" in message.inner_text()
     assert not image.is_visible(), "the previous caption's picture should be hidden while the caption has unknown words."
 
+    # Back to the notebook's view (seed 0, all layers and steps) for the screenshot.
+    seed.fill("0")
+    seed.press("Enter")
     caption.fill("a large red circle left of a small blue square")
     caption.press("Enter")
-    wait_for_change(lambda: nb.image_digest(cell), None, 60, "picture after fixing the caption")
+    digest = wait_for_change(lambda: nb.image_digest(cell), None, 60, "picture after fixing the caption")
     assert message.inner_text().strip() == ""
+    for label in ("layer", "step"):
+        nb.move_slider(cell, label, key="ArrowLeft")
+        digest = wait_for_change(lambda: nb.image_digest(cell), digest, 30, f"heatmaps after moving the {label} slider back")
     nb.screenshot(cell.locator(".widget-vbox").first, screenshot_dir)
