@@ -29,12 +29,13 @@ def _grade(args: argparse.Namespace) -> int:
 
     try:
         if len(args.paths) == 1 and args.paths[0].is_file() and not (args.csv or args.feedback):
-            report = grading.grade(args.paths[0], reference=args.reference, cell_timeout=args.timeout)
+            report = grading.grade(args.paths[0], reference=args.reference, cell_timeout=args.timeout, seed=args.seed)
             print(report.to_json() if args.json else report.to_text())
             return 0
         results = grading.grade_class(
             args.paths, args.reference, jobs=args.jobs, cell_timeout=args.timeout,
             notebook_timeout=args.notebook_timeout, memory_gb=args.memory_gb, id_pattern=args.id_pattern,
+            seed=args.seed,
         )
     except grading.GradingError as error:
         print(f"mikit grade: {error}", file=sys.stderr)
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("-j", "--jobs", type=int, default=1, help="submissions graded at once (default 1)")
     g.add_argument("--notebook-timeout", type=int, default=1800, help="seconds allowed per notebook (default 1800)")
     g.add_argument("--memory-gb", type=float, default=8.0, help="memory cap per submission in GiB (default 8)")
+    g.add_argument("--seed", type=int, help="seed of the hidden tests' inputs (default: fresh each run; reports show it)")
     g.add_argument("--id-pattern", help="regular expression on the file name; its first group is the student id")
     g.set_defaults(run=_grade)
 

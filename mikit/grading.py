@@ -1,22 +1,28 @@
-"""`mikit grade`: execute a copy of a student's notebook and score its check cells.
+"""`mikit grade`: execute a copy of a student's notebook and score each exercise by its hidden test.
 
-Conventions are nbgrader's: check cells carry `nbgrader.grade = true`, a `grade_id` and
-`points`; a check cell that runs without an error earns its points. Check cells are reset
-to the released exercise notebook's source (matched by `grade_id`) before execution, so
-an edited or deleted check cannot earn points. The released notebook is found from the id
-`mikit build` wrote into the submission's metadata (`metadata.mikit.notebook`), never from
-its file name and never from the submission's own checks. The student's file is never modified.
+Conventions are nbgrader's: check cells carry `nbgrader.grade = true`, a `grade_id` and `points`.
+The released notebook is found from the id `mikit build` wrote into the submission's metadata
+(`metadata.mikit.notebook`), never from its file name and never from the submission's own checks;
+check cells are reset to the released source before execution. For the kit's notebooks, the
+points come from hidden tests: after the notebook has run, the grader calls each exercise's
+function in the kernel on fresh inputs and judges the returned data in its own process
+(`mikit.hidden`), so nothing the notebook does to its kernel changes a verdict. A notebook
+outside the kit is scored by its check cells, as nbgrader does. The student's file is never modified.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import html
+import importlib
+import io
 import json
 import os
 import re
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,6 +31,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 from nbclient import NotebookClient
@@ -55,6 +62,7 @@ class GradeReport:
     max_total: float
     exercises: dict[str, ExerciseGrade] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    seed: int | None = None  # the hidden tests' seed: `mikit grade --seed` reproduces them
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -63,7 +71,7 @@ class GradeReport:
     def from_json(cls, text: str) -> GradeReport:
         data = json.loads(text)
         exercises = {gid: ExerciseGrade(**grade) for gid, grade in data["exercises"].items()}
-        return cls(data["total"], data["max_total"], exercises, data.get("notes", []))
+        return cls(data["total"], data["max_total"], exercises, data.get("notes", []), data.get("seed"))
 
     def to_text(self) -> str:
         width = max((len(g) for g in self.exercises), default=10)
@@ -132,13 +140,7 @@ def restore_cells(nb: nbformat.NotebookNode, released: nbformat.NotebookNode) ->
     solutions = {  # solution grade_id -> the names its released cell defines
         _grade_id(c): _defined_names(c.source) for c in released.cells if c.metadata.get("nbgrader", {}).get("solution")
     }
-    # A check belongs to the solution cell above it in the released notebook.
-    solution_of, above = {}, None
-    for cell in released.cells:
-        if cell.metadata.get("nbgrader", {}).get("solution"):
-            above = _grade_id(cell)
-        elif _is_check(cell):
-            solution_of[_grade_id(cell)] = above
+    solution_of = _solution_of(released)  # a check belongs to the solution cell above it
     for i, cell in enumerate(nb.cells):
         gid = _grade_id(cell)
         if gid is None:
@@ -212,13 +214,110 @@ def released_notebook(submission: nbformat.NotebookNode, path: Path) -> Path:
     return released
 
 
+def _checks_module(reference_nb: nbformat.NotebookNode) -> dict:
+    """The released notebook's hidden tests (`EXERCISES` of its checks module), or none for a notebook outside the kit."""
+    from mikit.checks import NOTEBOOK_CHECKS
+
+    module = NOTEBOOK_CHECKS.get(reference_nb.metadata.get("mikit", {}).get("notebook", ""))
+    return getattr(importlib.import_module(module), "EXERCISES", {}) if module else {}  # TODO(issue 15): all notebooks
+
+
+def _solution_of(released: nbformat.NotebookNode) -> dict[str, str | None]:
+    """Check grade_id -> the grade_id of the solution cell above it in the released notebook."""
+    solution_of, above = {}, None
+    for cell in released.cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            above = _grade_id(cell)
+        elif _is_check(cell):
+            solution_of[_grade_id(cell)] = above
+    return solution_of
+
+
+def reference_uses(notebook: nbformat.NotebookNode, source: str, forbidden: list[Callable]) -> str | None:
+    """The first forbidden reference function `source` names (as `module.name` or a name imported from it), if any.
+
+    Module aliases are collected from every code cell of `notebook` (the setup cell usually imports them).
+    """
+    targets = {(fn.__module__, fn.__name__) for fn in forbidden}
+    modules = {module for module, _ in targets}
+    aliases: dict[str, str] = {}  # local name -> module it stands for
+    names: dict[str, tuple[str, str]] = {}  # local name -> (module, function) imported directly
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    aliases[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    if full in modules:
+                        aliases[alias.asname or alias.name] = full
+                    elif (node.module, alias.name) in targets:
+                        names[alias.asname or alias.name] = (node.module, alias.name)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+
+    def dotted(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Name):
+            return aliases.get(node.id, node.id)
+        if isinstance(node, ast.Attribute):
+            base = dotted(node.value)
+            return f"{base}.{node.attr}" if base else None
+        return None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            base = dotted(node.value)
+            if (base, node.attr) in targets:
+                return f"{base}.{node.attr}"
+        elif isinstance(node, ast.Name) and node.id in names:
+            return ".".join(names[node.id])
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found = next((a.name for a in node.names if (node.module, a.name) in targets), None)
+            if found:
+                return f"{node.module}.{found}"
+    return None
+
+
+def _run_hidden_test(exercise, run: Callable[[str], None], folder: Path, seed: int) -> tuple[bool, str]:
+    """Run `exercise`'s check in this process on hidden inputs, calling the student's code in the kernel."""
+    from mikit import hidden
+    from mikit.checks import CheckFailed, hidden_variant
+
+    forbidden = [hidden._qualified(fn) for fn in exercise.forbidden]
+    printed = io.StringIO()
+    try:
+        with hidden.active(), hidden_variant(seed), contextlib.redirect_stdout(printed):
+            known = hidden.resolve(list(exercise.students), run, folder, forbidden)
+            exercise.check(*(known[name] for name in exercise.students), *exercise.context())
+    except (CheckFailed, hidden.StudentError) as failure:
+        return False, _shorten(str(failure))
+    except Exception as error:  # the student's own exception, raised again by the check's call
+        return False, _shorten(f"{type(error).__name__}: {error}")
+    lines = [line for line in printed.getvalue().splitlines() if line.strip()]
+    return True, _shorten(lines[-1]) if lines else "passed"
+
+
 def grade(
-    path: Path, reference: Path | None = None, cell_timeout: int = 300, kernel_name: str = "python3"
+    path: Path, reference: Path | None = None, cell_timeout: int = 300, kernel_name: str = "python3",
+    seed: int | None = None,
 ) -> GradeReport:
     """Execute a copy of the notebook at `path` and return points per exercise.
 
     `reference` is the released exercise notebook; by default the one named in the submission's metadata.
+    Each exercise of a kit notebook is judged by its hidden test (fresh inputs from `seed`, random by
+    default), run in this process; the check cells still run in the kernel, as the student saw them.
     """
+    from mikit import hidden
+
     path = Path(path)
     # Stale outputs saved by the student must not count as this run's verdicts.
     nb, _ = ClearOutputPreprocessor().preprocess(load_notebook(path), {})
@@ -227,37 +326,66 @@ def grade(
     if not released:
         raise GradingError(f"{reference or 'the released notebook'} has no check cells (nbgrader `grade` cells) to grade with.")
     notes = restore_cells(nb, reference_nb)
-    submitted = _checks_by_id(nb)
     made_from = nb.metadata.get("mikit", {}).get("version")
     if made_from and made_from != released_version(reference_nb):
         notes.append(
             f"the submission was made from checks version {made_from}, and is graded with version "
             f"{released_version(reference_nb)} (the released checks changed since)."
         )
+    exercises = _checks_module(reference_nb)
+    seed = seed or secrets.randbelow(2**31 - 1) + 1
+    defines = {_grade_id(c): sorted(_defined_names(c.source)) for c in reference_nb.cells if c.metadata.get("nbgrader", {}).get("solution")}
     client = NotebookClient(
-        nb,
-        timeout=cell_timeout,
-        interrupt_on_timeout=True,
-        allow_errors=True,
-        kernel_name=kernel_name,
+        nb, timeout=cell_timeout, interrupt_on_timeout=True, allow_errors=True, kernel_name=kernel_name,
         resources={"metadata": {"path": str(path.parent.resolve())}},
     )
-    try:
-        client.execute()
-    except DeadKernelError:
-        pass  # the cells after the crash stay unexecuted and score 0
 
-    report = GradeReport(total=0.0, max_total=0.0, notes=notes)
-    for gid, ref_cell in released.items():
-        max_points = float(ref_cell.metadata.nbgrader.get("points", 0))
-        if gid in submitted:
-            ok, message = _verdict(submitted[gid])
-        else:
-            ok, message = False, "this check cell was deleted from the notebook"
-        points = max_points if ok else 0.0
-        report.exercises[gid] = ExerciseGrade(points, max_points, message)
-        report.total += points
-        report.max_total += max_points
+    def run(code: str) -> None:
+        """Execute the grader's own `code` in the kernel (a cell appended for the call, then removed)."""
+        nb.cells.append(new_code_cell(code))
+        try:
+            client.execute_cell(nb.cells[-1], len(nb.cells) - 1, store_history=False)
+        finally:
+            nb.cells.pop()
+
+    report = GradeReport(total=0.0, max_total=0.0, notes=notes, seed=seed)
+    solution_of = _solution_of(reference_nb)
+    solutions = {_grade_id(c): c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")}
+    with tempfile.TemporaryDirectory(prefix="mikit-hidden-") as folder, client.setup_kernel():
+        client.reset_execution_trackers()
+        alive = True
+        for index, cell in enumerate(nb.cells):
+            try:
+                client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+                if exercises and _grade_id(cell) in defines and cell.metadata.nbgrader.get("solution"):
+                    run(f"__import__('mikit.hidden', fromlist=['stash']).stash({defines[_grade_id(cell)]!r})")
+            except DeadKernelError:
+                alive = False  # the cells after the crash stay unexecuted and score 0
+                break
+        submitted = _checks_by_id(nb)
+        for gid, ref_cell in released.items():
+            max_points = float(ref_cell.metadata.nbgrader.get("points", 0))
+            if gid in exercises:
+                solution = solutions.get(solution_of.get(gid))
+                used = solution is not None and reference_uses(nb, solution.source, list(exercises[gid].forbidden))
+                if used:
+                    ok, message = False, f"your solution refers to the reference `{used}`: the exercise asks you to write it yourself"
+                elif not alive:
+                    ok, message = False, "the kernel died before the hidden tests could run"
+                else:
+                    try:
+                        ok, message = _run_hidden_test(exercises[gid], run, Path(folder), seed)
+                    except DeadKernelError:
+                        alive, ok, message = False, False, "your code stopped the kernel during the hidden test"
+            elif gid in submitted:
+                ok, message = _verdict(submitted[gid])
+            else:
+                ok, message = False, "this check cell was deleted from the notebook"
+            points = max_points if ok else 0.0
+            report.exercises[gid] = ExerciseGrade(points, max_points, message)
+            report.total += points
+            report.max_total += max_points
+    hidden.reset()
     return report
 
 
@@ -306,12 +434,14 @@ def grade_class(
     memory_gb: float = 8.0,
     id_pattern: str | None = None,
     progress: bool = True,
+    seed: int | None = None,
 ) -> list[SubmissionResult]:
     """Grade every submission in its own process, working folder and HOME, with time and memory limits.
 
     A notebook that loops, raises, floods its output, kills its kernel or deletes files still gets a
     row with the reason, and cannot change another's: each runs on a private copy. This isolates
-    mistakes, not attacks: run hostile code in a container.
+    mistakes, not attacks: run hostile code in a container. The whole class gets the same hidden inputs
+    (`seed`, random by default).
     """
     from tqdm.auto import tqdm
 
@@ -321,6 +451,7 @@ def grade_class(
     if twins:
         raise GradingError(f"several submissions share the student id {sorted(twins)[0]!r}: rename them or pass --id-pattern.")
     reference = Path(reference).resolve() if reference else None
+    seed = seed or secrets.randbelow(2**31 - 1) + 1
 
     with tempfile.TemporaryDirectory(prefix="mikit-grade-") as scratch:
         # Every submission is copied before any runs, so a notebook that deletes files reaches no other's.
@@ -334,7 +465,7 @@ def grade_class(
 
         def one(i: int) -> SubmissionResult:
             copy = folders[i] / "work" / submissions[i].name
-            result = _grade_isolated(copy, reference, cell_timeout, notebook_timeout, memory_gb)
+            result = _grade_isolated(copy, reference, cell_timeout, notebook_timeout, memory_gb, seed)
             return SubmissionResult(students[i], submissions[i], *result)
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -343,11 +474,11 @@ def grade_class(
 
 
 def _grade_isolated(
-    copy: Path, reference: Path | None, cell_timeout: int, notebook_timeout: int, memory_gb: float
+    copy: Path, reference: Path | None, cell_timeout: int, notebook_timeout: int, memory_gb: float, seed: int
 ) -> tuple[GradeReport | None, str]:
     """`mikit grade COPY --json` in a process of its own, HOME beside the copy; the report or why there is none."""
     work, home = copy.parent, copy.parent.parent / "home"
-    command = [sys.executable, "-m", "mikit", "grade", str(copy), "--json", "--timeout", str(cell_timeout)]
+    command = [sys.executable, "-m", "mikit", "grade", str(copy), "--json", "--timeout", str(cell_timeout), "--seed", str(seed)]
     command += ["--reference", str(reference)] if reference else []
     limit = int(memory_gb * 2**30)
 

@@ -202,7 +202,7 @@ def test_grade_json_has_the_documented_shape(course, capsys):
     sol, ex = course
     assert main(["grade", str(sol), "--reference", str(ex), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"total", "max_total", "exercises", "notes"}
+    assert set(out) == {"total", "max_total", "exercises", "notes", "seed"}
     assert out["exercises"]["check_add"] == {"points": 2.0, "max_points": 2.0, "message": "✓ add: correct."}
 
 

@@ -1,16 +1,103 @@
 """Inline checks: compare a student's function or result with the reference, say what is wrong.
 
 One module per notebook (`mikit.checks.induction_heads` for 01, ...). A check either prints
-a line starting with ✓ or raises `CheckFailed` with one sentence; `mikit grade` gives an
-exercise its points when its check cell runs without an error, as nbgrader does.
+a line starting with ✓ or raises `CheckFailed` with one sentence.
+
+The same checks are the hidden tests: `mikit grade` runs each one in its own process under
+`hidden_variant(seed)`, which changes every seed (`seeded`) and shape (`size`) the check draws,
+and gives it the student's function as a `mikit.hidden.RemoteFunction`. Each checks module
+lists its exercises in `EXERCISES`: the names the check receives from the notebook, how the
+grader builds the check's other arguments, and the reference functions a solution may not call.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
+
+from mikit.hidden import recipe
+
+# notebook id (as `mikit build` writes it) -> its checks module
+NOTEBOOK_CHECKS = {
+    "01_induction_heads": "mikit.checks.induction_heads",
+    "02_ioi": "mikit.checks.ioi",
+    "03_activation_patching": "mikit.checks.patching",
+    "04_sparse_autoencoders": "mikit.checks.sae",
+    "05_cross_attention": "mikit.checks.cross_attention",
+}
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """What the grader needs to run an exercise's check as a hidden test.
+
+    `students`: the notebook names passed to the check first (functions, or a value such as a set of heads).
+    `context`: builds the check's remaining arguments in the grader (models via `@recipe` functions).
+    `forbidden`: reference functions the student's code may not call while it is graded.
+    """
+
+    check: Callable[..., None]
+    students: tuple[str, ...]
+    context: Callable[[], tuple] = tuple
+    forbidden: tuple[Callable, ...] = ()
+
+
+_variant = 0  # 0: the check as the notebook runs it; otherwise the grader's hidden seed
+
+
+@contextmanager
+def hidden_variant(seed: int) -> Iterator[None]:
+    """Run checks with hidden inputs: other seeds, other shapes (`seed` > 0), and no values in messages."""
+    global _variant
+    if seed <= 0:
+        raise ValueError(f"a hidden variant needs a positive seed, got {seed}.")
+    before, _variant = _variant, seed
+    try:
+        yield
+    finally:
+        _variant = before
+
+
+def hidden() -> bool:
+    """Whether the check is running as a hidden test."""
+    return _variant != 0
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A generator for the check's `seed`; under the grader it is shifted by the hidden seed."""
+    return torch.Generator().manual_seed(seed + 1_000_003 * _variant)
+
+
+def size(n: int, step: int = 1) -> int:
+    """`n` in the notebook; under the grader one of n + step, n + 2·step, n + 3·step (fixed per hidden seed)."""
+    return n if not _variant else n + step * (1 + _variant % 3)
+
+
+def reveal(text: str) -> str:
+    """`text` (values of the check's inputs or of the reference) in the notebook; nothing under the grader."""
+    return "" if _variant else text
+
+
+@recipe
+def offline_model(name: str) -> Any:
+    """One of the kit's offline models (zoo or SmolLM2) on the CPU, as a hidden test's context."""
+    from mikit.models import load_model
+
+    return load_model(name, device="cpu")
+
+
+@recipe
+def hook_point(name: str) -> Any:
+    """A `HookPoint` named `name`, as TransformerLens passes to a hook (checks call hooks with it)."""
+    from transformer_lens.hook_points import HookPoint
+
+    hook = HookPoint()
+    hook.name = name
+    return hook
 
 
 class CheckFailed(AssertionError):
@@ -74,12 +161,8 @@ def expect_close(
         err = (got - want).abs()
         idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
         where = f" at index {idx}" if got.dim() else ""
-        raise CheckFailed(
-            f"`{name}` differs from the reference by up to {err.max():.3g}{where} "
-            f"(yours {got[idx].item():.4g}, expected {want[idx].item():.4g})"
-            + (f"; {hint}" if hint else "")
-            + "."
-        )
+        values = reveal(f" by up to {err.max():.3g}{where} (yours {got[idx].item():.4g}, expected {want[idx].item():.4g})")
+        raise CheckFailed(f"`{name}` differs from the reference{values}" + (f"; {hint}" if hint else "") + ".")
 
 
 def reject_known_mistakes(got: Tensor, wrongs: list[tuple[Tensor, str]], want: Tensor, atol: float = 1e-5) -> None:

@@ -9,17 +9,17 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mikit import induction as ref
-from mikit.checks import CheckFailed, call_student, expect_close, expect_number, expect_tensor, passed
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from mikit.checks import (
+    CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, offline_model, passed,
+    reveal, seeded, size,
+)
+from mikit.session import TOY_LM
 
 
 def _random_patterns(batch: int, heads: int, pos: int, seed: int) -> Tensor:
     """Causal attention patterns with random rows, so each diagonal holds different values."""
-    q = torch.randn(batch, pos, heads, 8, generator=_gen(seed))
-    k = torch.randn(batch, pos, heads, 8, generator=_gen(seed + 1))
+    q = torch.randn(batch, pos, heads, 8, generator=seeded(seed))
+    k = torch.randn(batch, pos, heads, 8, generator=seeded(seed + 1))
     return ref.attention_pattern(q * 3, k)
 
 
@@ -27,14 +27,18 @@ def count_correct_predictions(fn: Callable, model: HookedTransformer) -> None:
     """Exercise 1: number of tokens the model predicts exactly."""
     __tracebackhide__ = True
     texts = ["The cat sat on the mat. The cat sat on the mat.", "one two three four five six seven eight"]
+    if hidden():  # other texts: random words, repeated so that an induction-capable model gets some right
+        words = ["".join(chr(97 + int(c)) for c in torch.randint(0, 26, (4,), generator=seeded(i))) for i in range(6)]
+        texts = [" ".join(words[:3] * 2), " ".join(words[2:] * 2)]
     for text in texts:
         got = expect_number(call_student(fn, "count_correct_predictions", model, text), "count_correct_predictions")
         want = ref.count_correct_predictions(model, text)
         if got != want:
             n = model.to_tokens(text).shape[1]
             raise CheckFailed(
-                f"`count_correct_predictions` gave {got:g} on {text!r}, expected {want}; compare the logits at "
-                f"position p with the token at p + 1 ({n - 1} predictions for {n} tokens including BOS)"
+                f"`count_correct_predictions` gave {got:g}" + reveal(f" on {text!r}, expected {want}")
+                + f"; compare the logits at position p with the token at p + 1 (n - 1 predictions for n tokens "
+                "including BOS)"
             )
     passed("count_correct_predictions")
 
@@ -42,9 +46,9 @@ def count_correct_predictions(fn: Callable, model: HookedTransformer) -> None:
 def attention_pattern(fn: Callable) -> None:
     """Exercise 2: causal softmax attention from q and k."""
     __tracebackhide__ = True
-    batch, pos, heads, d_head = 2, 7, 3, 16
-    q = torch.randn(batch, pos, heads, d_head, generator=_gen(1))
-    k = torch.randn(batch, pos, heads, d_head, generator=_gen(2))
+    batch, pos, heads, d_head = size(2), size(7), size(3), size(16, 8)
+    q = torch.randn(batch, pos, heads, d_head, generator=seeded(1))
+    k = torch.randn(batch, pos, heads, d_head, generator=seeded(2))
     name = "attention_pattern"
     got = expect_tensor(call_student(fn, name, q, k), name, (batch, heads, pos, pos), "batch head q_pos k_pos")
     want = ref.attention_pattern(q, k)
@@ -65,10 +69,10 @@ def attention_pattern(fn: Callable) -> None:
 
 def _detector(fn: Callable, name: str, reference: Callable, needs_seq_len: bool) -> None:
     __tracebackhide__ = True
-    seq_len = 6
-    pattern = _random_patterns(batch=3, heads=4, pos=2 * seq_len + 1, seed=7)
+    seq_len, heads = size(6), size(4)
+    pattern = _random_patterns(batch=size(3), heads=heads, pos=2 * seq_len + 1, seed=7)
     args = (pattern, seq_len) if needs_seq_len else (pattern,)
-    got = expect_tensor(call_student(fn, name, *args), name, (4,), "head")
+    got = expect_tensor(call_student(fn, name, *args), name, (heads,), "head")
     want = reference(*args)
     for offset in range(0, 2 * seq_len):
         if torch.allclose(got, ref._diagonal_score(pattern, offset, pattern.shape[-1] - offset), atol=1e-5):
@@ -99,9 +103,9 @@ def induction_scores(fn: Callable) -> None:
 def per_token_loss(fn: Callable) -> None:
     """Exercise 6: next-token cross-entropy at each position."""
     __tracebackhide__ = True
-    batch, pos, vocab = 2, 9, 11
-    logits = torch.randn(batch, pos, vocab, generator=_gen(3)) * 2
-    tokens = torch.randint(0, vocab, (batch, pos), generator=_gen(4))
+    batch, pos, vocab = size(2), size(9), size(11)
+    logits = torch.randn(batch, pos, vocab, generator=seeded(3)) * 2
+    tokens = torch.randint(0, vocab, (batch, pos), generator=seeded(4))
     name = "per_token_loss"
     got = expect_tensor(call_student(fn, name, logits, tokens), name, (batch, pos - 1), "batch pos-1")
     if (got < 0).any():
@@ -116,10 +120,10 @@ def per_token_loss(fn: Callable) -> None:
 def logit_attribution(fn: Callable) -> None:
     """Exercise 7: direct logit attribution of components to the next token."""
     __tracebackhide__ = True
-    comp, batch, pos, d_model, vocab = 5, 2, 6, 8, 13
-    components = torch.randn(comp, batch, pos, d_model, generator=_gen(5))
-    W_U = torch.randn(d_model, vocab, generator=_gen(6))
-    tokens = torch.randint(0, vocab, (batch, pos), generator=_gen(7))
+    comp, batch, pos, d_model, vocab = size(5), size(2), size(6), size(8), size(13)
+    components = torch.randn(comp, batch, pos, d_model, generator=seeded(5))
+    W_U = torch.randn(d_model, vocab, generator=seeded(6))
+    tokens = torch.randint(0, vocab, (batch, pos), generator=seeded(7))
     name = "logit_attribution"
     got = expect_tensor(
         call_student(fn, name, components, W_U, tokens), name, (comp, batch, pos - 1), "comp batch pos-1"
@@ -134,13 +138,15 @@ def logit_attribution(fn: Callable) -> None:
 def ablate_head(fn: Callable) -> None:
     """Exercise 8: zero and mean ablation hook on hook_z."""
     __tracebackhide__ = True
-    z = torch.randn(3, 5, 4, 6, generator=_gen(8)) + 1.0
+    heads = size(4)
+    z = torch.randn(size(3), size(5), heads, size(6), generator=seeded(8)) + 1.0
+    head = heads - 2
     name = "ablate_head"
     for mode in ("zero", "mean"):
         original = z.clone()
-        got = expect_tensor(call_student(fn, name, z.clone(), None, 2, mode), name, z.shape, "batch pos head d_head")
-        want = ref.ablate_head(original, None, 2, mode)
-        others = [h for h in range(4) if h != 2]
+        got = expect_tensor(call_student(fn, name, z.clone(), None, head, mode), name, z.shape, "batch pos head d_head")
+        want = ref.ablate_head(original, None, head, mode)
+        others = [h for h in range(heads) if h != head]
         if not torch.allclose(got[:, :, others], original[:, :, others]):
             raise CheckFailed(f"`ablate_head` (mode={mode!r}) changed heads other than the one asked for")
         expect_close(
@@ -161,7 +167,8 @@ def ov_copying_score(fn: Callable, model: HookedTransformer) -> None:
             want = ref.ov_copying_score(*args)
             if abs(got - want) > 1e-6:
                 raise CheckFailed(
-                    f"`ov_copying_score` gave {got:.3f} for head {layer}.{head}, expected {want:.3f}; the full OV "
+                    f"`ov_copying_score` gave {got:.3f} for head {layer}.{head}" + reveal(f", expected {want:.3f}")
+                    + "; the full OV "
                     "circuit is W_E W_V W_O W_U (rows: source token), and a token is copied when its own column "
                     "is the largest in its row"
                 )
@@ -172,14 +179,15 @@ def composition_score(fn: Callable) -> None:
     """Exercise 10: composition score between two matrices."""
     __tracebackhide__ = True
     name = "composition_score"
-    W_A = torch.randn(12, 7, generator=_gen(9))
-    W_B = torch.randn(7, 12, generator=_gen(10))
+    d_model, d_head = size(12), size(7)
+    W_A = torch.randn(d_model, d_head, generator=seeded(9))
+    W_B = torch.randn(d_head, d_model, generator=seeded(10))
     W_B[:, :6] *= 5  # uneven singular values, so spectral and Frobenius norms disagree
     got = expect_number(call_student(fn, name, W_A, W_B), name)
     want = ref.composition_score(W_A, W_B)
     if abs(got - want) > 1e-4:
         raise CheckFailed(
-            f"`composition_score` gave {got:.4f}, expected {want:.4f}: divide the Frobenius norm of W_A @ W_B by "
+            f"`composition_score` gave {got:.4f}" + reveal(f", expected {want:.4f}") + ": divide the Frobenius norm of W_A @ W_B by "
             "the product of the Frobenius norms of W_A and W_B"
         )
     passed(name)
@@ -189,9 +197,10 @@ def top_heads(fn: Callable) -> None:
     """Exercise 11: the k highest-scoring (layer, head) pairs."""
     __tracebackhide__ = True
     name = "top_heads"
-    scores = torch.rand(5, 7, generator=_gen(11))
-    got = call_student(fn, name, scores, 4)
-    want = ref.top_heads(scores, 4)
+    layers, heads, k = size(5), size(7), size(4)
+    scores = torch.rand(layers, heads, generator=seeded(11))
+    got = call_student(fn, name, scores, k)
+    want = ref.top_heads(scores, k)
     try:
         got = [(int(layer), int(head)) for layer, head in got]
     except (TypeError, ValueError):
@@ -200,7 +209,34 @@ def top_heads(fn: Callable) -> None:
         raise CheckFailed("`top_heads` found the right heads but in the wrong order: largest score first")
     if got != want:
         raise CheckFailed(
-            f"`top_heads` returned {got}, expected {want} on a 5-layer × 7-head score table; "
-            "a flat index i is layer i // n_heads, head i % n_heads"
+            f"`top_heads` returned the wrong heads" + reveal(f" ({got}, expected {want} on a 5-layer × 7-head score table)")
+            + "; a flat index i is layer i // n_heads, head i % n_heads"
         )
     passed(name)
+
+
+def _toy() -> tuple:
+    return (offline_model(TOY_LM),)
+
+
+EXERCISES = {
+    "count_correct_predictions": Exercise(
+        count_correct_predictions, ("count_correct_predictions",), _toy, (ref.count_correct_predictions,)
+    ),
+    "attention_pattern": Exercise(attention_pattern, ("attention_pattern",), forbidden=(ref.attention_pattern,)),
+    "previous_token_scores": Exercise(
+        previous_token_scores, ("previous_token_scores",), forbidden=(ref.previous_token_scores, ref._diagonal_score)
+    ),
+    "duplicate_token_scores": Exercise(
+        duplicate_token_scores, ("duplicate_token_scores",), forbidden=(ref.duplicate_token_scores, ref._diagonal_score)
+    ),
+    "induction_scores": Exercise(
+        induction_scores, ("induction_scores",), forbidden=(ref.induction_scores, ref._diagonal_score)
+    ),
+    "per_token_loss": Exercise(per_token_loss, ("per_token_loss",), forbidden=(ref.per_token_loss,)),
+    "logit_attribution": Exercise(logit_attribution, ("logit_attribution",), forbidden=(ref.logit_attribution,)),
+    "ablate_head": Exercise(ablate_head, ("ablate_head",), forbidden=(ref.ablate_head,)),
+    "ov_copying_score": Exercise(ov_copying_score, ("ov_copying_score",), _toy, (ref.ov_copying_score,)),
+    "composition_score": Exercise(composition_score, ("composition_score",), forbidden=(ref.composition_score,)),
+    "top_heads": Exercise(top_heads, ("top_heads",), forbidden=(ref.top_heads,)),
+}
