@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import functools
 import importlib
+import inspect
 import json
 import sys
 from contextlib import contextmanager
@@ -121,14 +122,20 @@ class StudentRef:
         self.name = name
 
 
-def encode(value: Any, tensors: dict[str, Tensor], students: Callable[[Any], str | None] = lambda v: None) -> Any:
-    """`value` as JSON, its tensors added to `tensors`; `students` names objects that live in the student's kernel."""
+def encode(
+    value: Any, tensors: dict[str, Tensor], students: Callable[[Any], str | None] = lambda v: None, grad: bool = False
+) -> Any:
+    """`value` as JSON, its tensors added to `tensors`; `students` names objects that live in the student's kernel.
+
+    With `grad`, a tensor that requires grad arrives as a leaf that requires grad (a call's arguments, so
+    that a student's loss can be differentiated in the kernel).
+    """
 
     def enc(v: Any) -> Any:
         if isinstance(v, Tensor):
             key = f"t{len(tensors)}"
             tensors[key] = v.detach().to("cpu", copy=True).contiguous()
-            return {"__tensor__": key}
+            return {"__leaf__" if grad and v.requires_grad else "__tensor__": key}
         if isinstance(v, np.ndarray):
             key = f"t{len(tensors)}"
             tensors[key] = torch.from_numpy(np.ascontiguousarray(v).copy())
@@ -152,7 +159,7 @@ def encode(value: Any, tensors: dict[str, Tensor], students: Callable[[Any], str
         name = students(v)
         if name is not None:
             return {"__student__": name}
-        if callable(v) and getattr(v, "__module__", "").startswith("mikit") and "<" not in v.__qualname__:
+        if (inspect.isfunction(v) or inspect.isclass(v)) and v.__module__.startswith("mikit") and "<" not in v.__qualname__:
             return {"__function__": _qualified(v)}
         raise Unencodable(f"a {type(v).__name__} cannot be sent as data")
 
@@ -170,6 +177,8 @@ def decode(value: Any, tensors: dict[str, Tensor], students: Callable[[str], Any
         (tag, body), = v.items()
         if tag == "__tensor__":
             return tensors[body]
+        if tag == "__leaf__":
+            return tensors[body].requires_grad_(True)
         if tag == "__ndarray__":
             return tensors[body].numpy()
         if tag == "__tuple__":
@@ -238,7 +247,7 @@ class _Guard:
     def __init__(self, forbidden: list[str]):
         self.codes = {}
         for qualified in forbidden:
-            fn = inspect_unwrap(_resolve(qualified))
+            fn = inspect.unwrap(_resolve(qualified))
             self.codes[fn.__code__] = qualified.replace(":", ".")
         self.called: list[str] = []
 
@@ -255,12 +264,6 @@ class _Guard:
         if sys.getprofile() is not self:
             self.called.append("(the grader's guard was switched off)")
         sys.setprofile(self.previous)
-
-
-def inspect_unwrap(fn: Callable) -> Callable:
-    while hasattr(fn, "__wrapped__"):
-        fn = fn.__wrapped__
-    return fn
 
 
 def _kernel_reply(folder: Path) -> tuple[dict, dict[str, Tensor]]:
@@ -295,10 +298,16 @@ def _kernel_reply(folder: Path) -> tuple[dict, dict[str, Tensor]]:
             except Unencodable:
                 return {"unreadable": type(result).__name__, "forbidden": guard.called}, {}
             after = [encode(a, out) if isinstance(a, Tensor) else None for a in args]
+            grads = _gradients(result, args)
+            if grads is not None:  # a loss of arguments that require grad: its gradient travels back with it
+                reply_grads = [None if g is None else encode(g, out) for g in grads]
             for obj, _ in _recipe_of.values():  # a hook a student left behind must not reach the next call
                 if isinstance(obj, HookedRootModule):
                     obj.reset_hooks()
-            return {"result": encoded, "args_after": after, "forbidden": guard.called}, out
+            reply = {"result": encoded, "args_after": after, "forbidden": guard.called}
+            if grads is not None:
+                reply["grads"] = reply_grads
+            return reply, out
     except Exception as err:  # the student's exception, reported as data
         return {"error": {"type": type(err).__name__, "message": str(err)[:MAX_ERROR]}}, {}
 
@@ -311,6 +320,19 @@ def serve(folder: str) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # The grader side.
+
+
+class _KernelGradient(torch.autograd.Function):
+    """A kernel's result in the grader, whose backward pass delivers the gradients computed in the kernel."""
+
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, grads: list, *leaves: Tensor | None) -> Tensor:
+        ctx.grads = [g if leaf is not None else None for g, leaf in zip(grads, leaves)]
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, out_grad: Tensor) -> tuple:
+        return (None, None, *(None if g is None else (out_grad.sum() * g).to(g.dtype) for g in ctx.grads))
 
 
 class StudentError(Exception):
@@ -331,8 +353,8 @@ class RemoteFunction:
         names = {id(v): n for n, v in self._known.items()}
         request = {
             "op": "call", "name": self.name, "forbidden": self._forbidden,
-            "args": encode(list(args), tensors, lambda v: names.get(id(v))),
-            "kwargs": encode(kwargs, tensors, lambda v: names.get(id(v))),
+            "args": encode(list(args), tensors, lambda v: names.get(id(v)), grad=True),
+            "kwargs": encode(kwargs, tensors, lambda v: names.get(id(v)), grad=True),
         }
         write(self._folder, REQUEST, request, tensors)
         reply, out = self._call()
@@ -359,7 +381,13 @@ class RemoteFunction:
         result = reply["result"]
         if isinstance(result, dict) and "__arg__" in result:
             return args[result["__arg__"]]
-        return decode(result, out, lambda name: self._known[name])
+        value = decode(result, out, lambda name: self._known[name])
+        if "grads" in reply and isinstance(value, Tensor):
+            grads = decode(reply["grads"], out)
+            leaves = [a if isinstance(a, Tensor) and a.requires_grad and isinstance(g, Tensor) else None for a, g in zip(args, grads)]
+            if any(a is not None for a in leaves):
+                value = _KernelGradient.apply(value, grads, *leaves)
+        return value
 
     def _call(self) -> tuple[dict, dict[str, Tensor]]:
         reply_file = self._folder / f"{REPLY}.json"
