@@ -266,6 +266,20 @@ class _Guard:
         sys.setprofile(self.previous)
 
 
+def _gradients(result: Any, args: list) -> list[Tensor | None] | None:
+    """The gradient of a one-number tensor `result` with respect to each argument that requires grad (None elsewhere)."""
+    if not (isinstance(result, Tensor) and result.requires_grad and result.numel() == 1):
+        return None
+    leaves = [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad]
+    if not leaves:
+        return None
+    found = torch.autograd.grad(result.sum(), [args[i] for i in leaves], allow_unused=True)
+    grads: list[Tensor | None] = [None] * len(args)
+    for i, g in zip(leaves, found):
+        grads[i] = g
+    return grads
+
+
 def _kernel_reply(folder: Path) -> tuple[dict, dict[str, Tensor]]:
     request, tensors = read(folder, REQUEST)
     out: dict[str, Tensor] = {}
