@@ -58,3 +58,18 @@ def test_exercise_notebook_scores_zero(name):
     messages = {gid: g.message for gid, g in report.exercises.items()}
     assert all("NotImplementedError" in m or "is not defined" in m for m in messages.values()), messages
     assert sum("NotImplementedError" in m for m in messages.values()) >= len(messages) / 2, messages
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stated_exercises_and_points_match_the_check_cells(name):
+    import re
+
+    nb = nbformat.read(SOLUTIONS / name, as_version=4)
+    checks = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade") and not c.metadata.nbgrader.get("solution")]
+    actual = (len(checks), sum(c.metadata.nbgrader["points"] for c in checks))
+    intro = re.search(r"\*\*Grading\.\*\* (\d+) exercises, (\d+) points", nb.cells[0].source)
+    assert intro, f"{name}: the first cell should say '**Grading.** N exercises, P points'"
+    assert tuple(map(int, intro.groups())) == actual
+    readme = (SOLUTIONS.parent / "README.md").read_text()
+    row = re.search(rf"`{name.removesuffix('.ipynb')}` \|.*ready \((\d+) exercises, (\d+) points\)", readme)
+    assert row and tuple(map(int, row.groups())) == actual
