@@ -214,3 +214,38 @@ def test_stub_and_wrong_types_get_one_sentence():
     rejects(checks.per_token_loss, lambda lg, t: lg.tolist(), match="should return a torch.Tensor")
     rejects(checks.per_token_loss, lambda lg, t: lg, match="should return shape")
     rejects(checks.composition_score, lambda A, B: [1.0], match="single number")
+
+
+# --- correct alternatives ---------------------------------------------------------------
+from mikit import hidden  # noqa: E402
+from mikit.checks import hidden_variant  # noqa: E402
+from alternatives import induction_heads as alternatives  # noqa: E402  (tests/alternatives/)
+
+ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
+
+
+def test_every_exercise_has_two_alternatives():
+    per_exercise = {exercise: 0 for exercise in checks.EXERCISES}
+    for name in ALTERNATIVES:
+        per_exercise[name.split("__")[0]] += 1
+    assert min(per_exercise.values()) >= 2, per_exercise
+
+
+@pytest.mark.parametrize("name", ALTERNATIVES)
+def test_alternative_passes_visible_and_hidden_checks(name, toy, capsys):
+    exercise, fn = name.split("__")[0], getattr(alternatives, name)
+    check = checks.EXERCISES[exercise].check
+    check(fn, *((toy,) if exercise in ("count_correct_predictions", "ov_copying_score") else ()))
+    for seed in (1, 2, 3):
+        with hidden.active(), hidden_variant(seed):
+            check(fn, *checks.EXERCISES[exercise].context())
+    assert capsys.readouterr().out.count("✓") == 4
+
+
+def test_ablate_head_accepts_an_in_place_hook_that_returns_none():
+    def in_place_but_wrong_head(z, hook, head, mode):
+        z[:, :, head - 1] = 0.0
+
+    checks.ablate_head(alternatives.ablate_head__in_place_returns_none)
+    rejects(checks.ablate_head, lambda z, hook, head, mode: None)  # neither edits nor returns
+    rejects(checks.ablate_head, in_place_but_wrong_head)
