@@ -1,11 +1,31 @@
-"""Notebook 04's checks accept correct solutions and reject plausible wrong ones with a helpful message."""
+"""Notebook 04's checks accept correct solutions and reject plausible wrong ones with a helpful message.
+
+Every test of an exercise runs twice over: as the notebook runs the check (`variant` 0) and as the
+grader runs it, on hidden inputs (`variant` 1-3, one of each size offset). The hidden tests are also run
+through the wire (`mikit.hidden`, its kernel side in this process), with the reference, the correct
+alternatives of tests/alternatives/sae.py, and functions that only return the visible check's answers.
+"""
 
 import pytest
 import torch
 
-from mikit.checks import CheckFailed
+import mikit.checks
+from alternatives import sae as alternatives  # tests/alternatives/
+from mikit import hidden
+from mikit.checks import CheckFailed, hidden_variant
 from mikit.checks import sae as check
-from mikit.sae import metrics
+from mikit.sae import TopKSAE, metrics
+
+
+@pytest.fixture(params=[0, 1, 2, 3], ids=["notebook", "hidden1", "hidden2", "hidden3"])
+def variant(request):
+    """The check as the notebook runs it (0), or as the grader does, under a hidden variant."""
+    if request.param == 0:
+        yield 0
+        return
+    with hidden.active(), hidden_variant(request.param):
+        yield request.param
+    hidden.reset()
 
 
 def fails(check_fn, *args, match):
@@ -21,7 +41,7 @@ def forward(x, W_enc, b_enc, W_dec, b_dec):
     return latents, latents @ W_dec + b_dec
 
 
-def test_relu_sae_forward():
+def test_relu_sae_forward(variant):
     check.relu_sae_forward(forward)
     fails(check.relu_sae_forward, lambda x, We, be, Wd, bd: ((x @ We + be).relu(), (x @ We + be).relu() @ Wd + bd),
           match="did not subtract b_dec")
@@ -41,7 +61,7 @@ def loss(x, latents, x_hat, W_dec, l1_coefficient):
     return mse + l1_coefficient * (latents * W_dec.norm(dim=-1)).sum(-1).mean()
 
 
-def test_relu_sae_loss():
+def test_relu_sae_loss(variant):
     check.relu_sae_loss(loss)
     fails(check.relu_sae_loss, lambda x, f, xh, W, c: (xh - x).pow(2).mean() + c * (f * W.norm(dim=-1)).sum(-1).mean(),
           match="averaged over features")
@@ -61,7 +81,7 @@ def topk(pre, k):
     return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
 
 
-def test_topk_activation():
+def test_topk_activation(variant):
     check.topk_activation(topk)
     # ReLU first, then top-k, keeps the same values: also correct.
     check.topk_activation(lambda pre, k: torch.zeros_like(pre).scatter(-1, pre.relu().topk(k).indices, pre.relu().topk(k).values))
@@ -92,7 +112,7 @@ def auxk(x, x_hat, pre, dead, W_dec, k_aux):
     return (error_hat - error).pow(2).sum() / (error - error.mean(0)).pow(2).sum()
 
 
-def test_auxk_loss():
+def test_auxk_loss(variant):
     check.auxk_loss(auxk)
     fails(check.auxk_loss, lambda x, xh, pre, dead, W, k: auxk(x, xh, pre, torch.ones_like(dead), W, k), match="dead\\* latents only")
 
@@ -133,7 +153,7 @@ def remove_parallel(W_dec, grad):
     return grad - (grad * unit).sum(-1, keepdim=True) * unit
 
 
-def test_decoder_constraint():
+def test_decoder_constraint(variant):
     check.decoder_constraint(normalize, remove_parallel)
     fails(check.decoder_constraint, lambda W: W / W.norm(dim=0, keepdim=True), remove_parallel, match="normalised columns")
     fails(check.decoder_constraint, lambda W: W / W.norm(), remove_parallel, match="whole matrix")
@@ -150,7 +170,15 @@ def ce_recovered(clean, sae, zero):
     return (zero - sae) / (zero - clean)
 
 
-def test_sae_metrics():
+def count_l0(latents):  # the notebook's solutions (mikit.sae.metrics' own are forbidden in the hidden test)
+    return (latents != 0).sum(-1).float().mean().item()
+
+
+def unexplained(x, x_hat):
+    return ((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+
+
+def test_sae_metrics(variant):
     check.sae_metrics(metrics.l0, metrics.fvu, ce_recovered)
     fails(check.sae_metrics, lambda f: (f != 0).sum().item(), metrics.fvu, ce_recovered, match="total count")
     fails(check.sae_metrics, lambda f: (f != 0).float().mean().item(), metrics.fvu, ce_recovered, match="fraction of latents")
@@ -175,17 +203,17 @@ def dead(sae, activations, batch_size):
     return counts == 0
 
 
-def test_dead_latents_case_separates_the_mistakes():
+def test_dead_latents_case_separates_the_mistakes(variant):
     sae, x = check._dead_case()
     with torch.no_grad():
         want = metrics.fire_counts(sae.encode(x)) == 0
         pre_positive = ~(sae.pre_activations(x) > 0).any(0)
-        first_batch = metrics.fire_counts(sae.encode(x[:64])) == 0
+        first_batch = metrics.fire_counts(sae.encode(x[: check.size(64, 8)])) == 0
     assert 0 < want.sum() < sae.d_sae and not want[0] and first_batch[0]
     assert not torch.equal(want, pre_positive) and not torch.equal(want, first_batch)
 
 
-def test_dead_latents():
+def test_dead_latents(variant):
     check.dead_latents(dead)
     fails(check.dead_latents, lambda s, x, b: ~dead(s, x, b), match="inverted")
     fails(check.dead_latents, lambda s, x, b: ~(s.pre_activations(x) > 0).any(0), match="positive pre-activation")
@@ -202,7 +230,7 @@ def examples(acts, k):
     return [(int(i) // n, int(i) % n, float(v)) for v, i in zip(top.values, top.indices)]
 
 
-def test_max_activating_examples():
+def test_max_activating_examples(variant):
     check.max_activating_examples(examples)
     fails(check.max_activating_examples, lambda a, k: examples(a, k)[::-1], match="ascending")
     fails(check.max_activating_examples, lambda a, k: [(p, r, v) for r, p, v in examples(a, k)], match="swapped")
@@ -213,7 +241,7 @@ def test_max_activating_examples():
         return [(int(r), int(best.indices[r]), float(best.values[r])) for r in rows]
 
     fails(check.max_activating_examples, one_per_row, match="one example per row")
-    fails(check.max_activating_examples, lambda a, k: examples(a, k - 1), match="should return k = 4")
+    fails(check.max_activating_examples, lambda a, k: examples(a, k - 1), match="should return k")
     fails(check.max_activating_examples, lambda a, k: a.flatten().topk(k), match="list of \\(row, position, value\\)")
 
 
@@ -224,7 +252,7 @@ def steer(activation, hook, direction, value):
     return activation + value * direction
 
 
-def test_steering_hook():
+def test_steering_hook(variant):
     check.steering_hook(steer)
 
     def in_place(activation, hook, direction, value):
@@ -241,3 +269,200 @@ def test_steering_hook():
     fails(check.steering_hook, last_only, match="only the last position")
     fails(check.steering_hook, lambda a, h, d, v: (v * d).expand_as(a), match="replaced the residual stream")
     fails(check.steering_hook, lambda a, h, d, v: a * (1 + v), match="scaled the stream")
+
+    def first_only(activation, hook, direction, value):
+        activation[:, 0] += value * direction
+
+    fails(check.steering_hook, first_only, match="only position 0")  # in place, returning None
+    fails(check.steering_hook, lambda a, h, d, v: None, match="returned None and left the activation unchanged")
+
+
+def test_steering_hook_accepts_an_in_place_hook_that_returns_none(variant, capsys):
+    check.steering_hook(alternatives.steering_hook__in_place_no_return)
+    assert "✓ steering_hook" in capsys.readouterr().out
+
+
+def test_steering_hook_receives_a_hook_point():
+    def needs_a_name(activation, hook, direction, value):
+        assert hook.name.endswith("hook_resid_pre")
+        return activation + value * direction
+
+    check.steering_hook(needs_a_name)
+
+
+# ---- hidden tests -------------------------------------------------------------------------------------------
+
+REFERENCE = {  # grade_id -> the reference implementation of each name the check receives
+    "relu_sae_forward": (forward,),
+    "relu_sae_loss": (loss,),
+    "topk_activation": (topk,),
+    "auxk_loss": (auxk,),
+    "decoder_constraint": (normalize, remove_parallel),
+    "metrics": (count_l0, unexplained, ce_recovered),
+    "dead_latents": (dead,),
+    "max_activating_examples": (examples,),
+    "steering_hook": (steer,),
+}
+
+
+def test_every_check_cell_is_a_hidden_test():
+    import json
+    from pathlib import Path
+
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "04_sparse_autoencoders.ipynb").read_text())
+    cells = [c for c in notebook["cells"] if c.get("metadata", {}).get("nbgrader", {}).get("grade") and c["cell_type"] == "code"]
+    calls = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]).strip() for c in cells}
+    assert set(calls) == set(check.EXERCISES) == set(REFERENCE)
+    for gid, exercise in check.EXERCISES.items():
+        assert calls[gid] == f"check.{exercise.check.__name__}({', '.join(exercise.students)})"
+        assert exercise.context() == ()
+
+
+@pytest.fixture
+def wire(tmp_path, monkeypatch):
+    """`grade(grade_id, *functions)`: the exercise's hidden test as `mikit grade` runs it, the kernel in this process.
+
+    The kernel side gets a memo of its own and no hidden variant, as a real kernel has: recipes are rebuilt
+    there from their arguments.
+    """
+    namespace = {}
+    monkeypatch.setattr(hidden, "_user_namespace", lambda: namespace)
+    monkeypatch.setattr(hidden, "_stash", {})
+
+    def run(code):
+        grader = hidden._memo, hidden._recipe_of, mikit.checks._variant
+        hidden._memo, hidden._recipe_of, mikit.checks._variant = {}, {}, 0
+        try:
+            hidden.serve(str(tmp_path))
+        finally:
+            hidden._memo, hidden._recipe_of, mikit.checks._variant = grader
+
+    def grade(gid, *functions, seed=1):
+        exercise = check.EXERCISES[gid]
+        namespace.update(zip(exercise.students, functions))
+        forbidden = [hidden._qualified(fn) for fn in exercise.forbidden]
+        try:
+            with hidden.active(), hidden_variant(seed):
+                known = hidden.resolve(list(exercise.students), run, tmp_path, forbidden)
+                exercise.check(*(known[name] for name in exercise.students), *exercise.context())
+        finally:
+            hidden.reset()
+
+    return grade
+
+
+@pytest.mark.parametrize("gid", list(REFERENCE))
+def test_the_reference_passes_the_hidden_test_through_the_wire(gid, wire, capsys):
+    for seed in (1, 2, 3):
+        wire(gid, *REFERENCE[gid], seed=seed)
+    assert capsys.readouterr().out.count("✓") == 3
+
+
+def test_auxk_gradients_cross_the_wire(wire):
+    wire("auxk_loss", auxk)
+
+    def attached(x, x_hat, pre, dead, W_dec, k_aux):  # the right value, but x_hat gets a gradient
+        error = x - x_hat
+        top = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1)
+        error_hat = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu()) @ W_dec
+        return (error_hat - error).pow(2).sum() / (error - error.mean(0)).pow(2).sum()
+
+    with pytest.raises(CheckFailed, match="must be detached"):
+        wire("auxk_loss", attached)
+    with pytest.raises(CheckFailed, match="without a gradient"):
+        wire("auxk_loss", lambda *args: auxk(*args).item())
+    with pytest.raises(CheckFailed, match="no gradient reaches"):
+        wire("auxk_loss", lambda x, x_hat, pre, dead, W_dec, k: auxk(x, x_hat, pre, dead, W_dec.detach(), k) + 0 * W_dec.sum())
+
+
+def test_an_in_place_steering_hook_is_graded_through_the_wire(wire):
+    wire("steering_hook", alternatives.steering_hook__in_place_no_return)
+    with pytest.raises(CheckFailed, match="returned None and left the activation unchanged"):
+        wire("steering_hook", lambda activation, hook, direction, value: None)
+
+
+def test_calling_the_reference_scores_zero(wire):
+    with pytest.raises(CheckFailed, match="calls the reference `mikit.sae.metrics.l0`"):
+        wire("metrics", lambda latents: metrics.l0(latents), unexplained, ce_recovered)  # noqa: PLW0108
+    with pytest.raises(CheckFailed, match="calls the reference `mikit.sae.architectures.TopKSAE.activation`"):
+        wire("topk_activation", lambda pre, k: TopKSAE(4, pre.shape[-1], k=k).activation(pre))
+    with pytest.raises(CheckFailed, match="calls the reference `mikit.sae.steering.steering_hook`"):
+        from mikit.sae.steering import steering_hook as reference_hook
+
+        wire("steering_hook", lambda a, h, d, v: reference_hook(d, v)(a, h))
+    wire("dead_latents", lambda sae, x, b: metrics.fire_counts(sae.encode(x)) == 0)  # helpers the text allows
+
+
+def test_the_dead_latents_sae_is_rebuilt_identically():
+    with hidden.active(), hidden_variant(2):
+        sae, x = check._dead_case()
+        hidden.reset()
+        again, x_again = check._dead_case()
+    hidden.reset()
+    assert again is not sae and torch.equal(x, x_again) and sae.d_sae == check.D_SAE + 12
+    for name, weight in sae.state_dict().items():
+        assert torch.equal(weight, again.state_dict()[name]), name
+
+
+def _answers(value):
+    """`value` with its tensors detached and copied, so that a replay returns what was recorded."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_answers(v) for v in value)
+    return value
+
+
+def _recorded(fn):
+    """`fn`, recording what it returns, and a function that returns the recorded answers in turn whatever it is given."""
+    answers, calls = [], iter(range(10**6))
+
+    def record(*args):
+        out = fn(*args)
+        answers.append(_answers(out))
+        return out
+
+    def replay(*args):
+        return _answers(answers[next(calls) % len(answers)])
+
+    return record, replay
+
+
+@pytest.mark.parametrize("gid", list(REFERENCE))
+def test_the_visible_answers_fail_the_hidden_test(gid, wire):
+    exercise = check.EXERCISES[gid]
+    recorders = [_recorded(fn) for fn in REFERENCE[gid]]
+    exercise.check(*(record for record, _ in recorders))  # the visible check, recording the reference's answers
+    for seed in (1, 2, 3):
+        with hidden.active(), hidden_variant(seed), pytest.raises(CheckFailed):
+            exercise.check(*(replay for _, replay in recorders))
+        hidden.reset()
+    with pytest.raises(CheckFailed):
+        wire(gid, *(replay for _, replay in recorders))
+
+
+ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
+
+
+def test_every_exercise_has_two_alternatives():
+    students = {name: gid for gid, exercise in check.EXERCISES.items() for name in exercise.students}
+    per_function = {name: 0 for name in students}
+    for name in ALTERNATIVES:
+        per_function[name.split("__")[0]] += 1
+    assert min(per_function.values()) >= 2, per_function
+
+
+@pytest.mark.parametrize("name", ALTERNATIVES)
+def test_alternative_passes_visible_and_hidden_checks(name, wire, capsys):
+    function = name.split("__")[0]
+    gid = next(gid for gid, exercise in check.EXERCISES.items() if function in exercise.students)
+    exercise = check.EXERCISES[gid]
+    functions = [getattr(alternatives, name) if student == function else reference
+                 for student, reference in zip(exercise.students, REFERENCE[gid])]
+    exercise.check(*functions)
+    for seed in (1, 2, 3):
+        with hidden.active(), hidden_variant(seed):
+            exercise.check(*functions)
+        hidden.reset()
+    wire(gid, *functions, seed=5)
+    assert capsys.readouterr().out.count("✓") == 5

@@ -1,7 +1,9 @@
 """Checks for notebook 04 (sparse autoencoders): each compares a student function with `mikit.sae`.
 
 They run on small random tensors and SAEs built here, so each takes milliseconds and holds in either
-mode; the notebook then uses the student's functions on the real model's activations.
+mode; the notebook then uses the student's functions on the real model's activations. As hidden tests
+(`EXERCISES`) they draw other seeds and sizes; the one SAE a student's function receives is built by a
+recipe, so the grader and the kernel hold the same weights.
 """
 
 from __future__ import annotations
@@ -12,26 +14,36 @@ import torch
 from torch import Tensor
 
 from mikit.checks import (
-    CheckFailed, call_student, expect_close, expect_number, expect_tensor, passed, reject_known_mistakes,
+    CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, hook_point, passed,
+    reject_known_mistakes, reveal, seeded, size,
 )
-from mikit.sae import ReLUSAE, TopKSAE, metrics
+from mikit.hidden import recipe
+from mikit.sae import SAE, ReLUSAE, TopKSAE, metrics
+from mikit.sae import steering as ref_steering
 
-D_IN, D_SAE = 8, 32
+D_IN, D_SAE = 8, 32  # the notebook's sizes; hidden tests add to them (`_dims`)
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _dims() -> tuple[int, int]:
+    """(d_in, d_sae) of the check's SAEs."""
+    return size(D_IN), size(D_SAE, 4)
+
+
+def _seed(seed: int) -> int:
+    """`seed` in the notebook; under the grader another integer, for a recipe (which takes data, not a generator)."""
+    return seed if not hidden() else int(torch.randint(2**31 - 1, (1,), generator=seeded(seed)))
 
 
 def _relu_sae(seed: int, l1_coefficient: float = 0.0) -> ReLUSAE:
     """A ReLU SAE with random weights, decoder rows of unequal norms and nonzero biases."""
-    generator = _gen(seed)
-    sae = ReLUSAE(D_IN, D_SAE, l1_coefficient=l1_coefficient)
+    generator = seeded(seed)
+    d_in, d_sae = _dims()
+    sae = ReLUSAE(d_in, d_sae, l1_coefficient=l1_coefficient)
     with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(D_IN, D_SAE, generator=generator) * 0.5)
-        sae.b_enc.copy_(torch.randn(D_SAE, generator=generator) * 0.3)
-        sae.W_dec.copy_(torch.randn(D_SAE, D_IN, generator=generator) * 0.4)
-        sae.b_dec.copy_(torch.randn(D_IN, generator=generator))
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=generator) * 0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=generator) * 0.3)
+        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=generator) * 0.4)
+        sae.b_dec.copy_(torch.randn(d_in, generator=generator))
     return sae
 
 
@@ -40,13 +52,14 @@ def relu_sae_forward(fn: Callable) -> None:
     __tracebackhide__ = True
     name = "relu_sae_forward"
     sae = _relu_sae(0)
-    x = torch.randn(6, D_IN, generator=_gen(1)) + 1
+    batch = size(6)
+    x = torch.randn(batch, sae.d_in, generator=seeded(1)) + 1
     W_enc, b_enc, W_dec, b_dec = (p.detach() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
     out = call_student(fn, name, x, W_enc, b_enc, W_dec, b_dec)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise CheckFailed(f"`{name}` should return a tuple (latents, x_hat), but returned a {type(out).__name__}.")
-    latents = expect_tensor(out[0], f"{name}(...)[0] (latents)", (6, D_SAE), "batch d_sae")
-    x_hat = expect_tensor(out[1], f"{name}(...)[1] (x_hat)", (6, D_IN), "batch d_in")
+    latents = expect_tensor(out[0], f"{name}(...)[0] (latents)", (batch, sae.d_sae), "batch d_sae")
+    x_hat = expect_tensor(out[1], f"{name}(...)[1] (x_hat)", (batch, sae.d_in), "batch d_in")
     with torch.no_grad():
         want = sae.encode(x)
         reject_known_mistakes(latents, [
@@ -67,9 +80,10 @@ def relu_sae_loss(fn: Callable) -> None:
     """Exercise 2: squared error summed over features + L1 weighted by decoder norms, both averaged over tokens."""
     __tracebackhide__ = True
     name = "relu_sae_loss"
-    l1_coefficient = 0.7
+    # Under the grader another coefficient: a solution that ignores its argument must not pass.
+    l1_coefficient = 0.7 if not hidden() else round(0.2 + float(torch.rand((), generator=seeded(30))), 3)
     sae = _relu_sae(2, l1_coefficient)
-    x = torch.randn(10, D_IN, generator=_gen(3)) + 1
+    x = torch.randn(size(10), sae.d_in, generator=seeded(3)) + 1
     with torch.no_grad():
         out = sae.forward_with_loss(x)
     W_dec = sae.W_dec.detach()
@@ -93,18 +107,19 @@ def relu_sae_loss(fn: Callable) -> None:
     reject_known_mistakes(torch.tensor(got), [(torch.tensor(float(w)), m) for w, m in wrongs], torch.tensor(want))
     expect_close(torch.tensor(got), torch.tensor(want), name,
                  hint="loss = mean over tokens of Σ_d (x̂ − x)² + l1_coefficient · Σ_i f_i ‖W_dec[i]‖")
-    passed(name, f"{got:.4f}")
+    passed(name, reveal(f"{got:.4f}"))
 
 
 def topk_activation(fn: Callable) -> None:
     """Exercise 3: keep each token's k largest pre-activations (then ReLU), zero the rest."""
     __tracebackhide__ = True
     name = "topk_activation"
-    pre = torch.randn(5, 3, D_SAE, generator=_gen(4))
+    d_in, d_sae = _dims()
+    pre = torch.randn(size(5), size(3), d_sae, generator=seeded(4))
     pre[0, 0] = -pre[0, 0].abs() - 0.1  # a token whose pre-activations are all negative
-    for k in (1, 4):
+    for k in (1, size(4)):
         got = expect_tensor(call_student(fn, name, pre.clone(), k), name, pre.shape, "... d_sae")
-        want = TopKSAE(D_IN, D_SAE, k=k).activation(pre)
+        want = TopKSAE(d_in, d_sae, k=k).activation(pre)
         top = pre.topk(k, dim=-1)
         unrectified = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
         mask = torch.zeros_like(pre).scatter(-1, top.indices, 1.0)
@@ -128,26 +143,28 @@ def auxk_loss(fn: Callable) -> None:
     """Exercise 4: the AuxK loss: dead latents' top-k_aux reconstruct the main reconstruction's error."""
     __tracebackhide__ = True
     name = "auxk_loss"
-    generator = _gen(5)
-    sae = TopKSAE(D_IN, D_SAE, k=2, k_aux=3, aux_coefficient=1.0)
+    generator = seeded(5)
+    d_in, d_sae = _dims()
+    k_aux, n_dead, tokens = size(3), size(10), size(7)
+    sae = TopKSAE(d_in, d_sae, k=2, k_aux=k_aux, aux_coefficient=1.0)
     with torch.no_grad():
-        sae.W_dec.copy_(torch.randn(D_SAE, D_IN, generator=generator))
+        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=generator))
         sae.normalize_decoder_()
-    dead = torch.zeros(D_SAE, dtype=torch.bool)
-    dead[torch.randperm(D_SAE, generator=generator)[:10]] = True
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead[torch.randperm(d_sae, generator=generator)[:n_dead]] = True
     sae.steps_since_fired[dead] = sae.dead_steps_threshold + 1
-    x = torch.randn(7, D_IN, generator=generator)
-    x_hat = (x + 0.5 * torch.randn(7, D_IN, generator=generator)).requires_grad_(True)
-    pre = torch.randn(7, D_SAE, generator=generator)
+    x = torch.randn(tokens, d_in, generator=generator)
+    x_hat = (x + 0.5 * torch.randn(tokens, d_in, generator=generator)).requires_grad_(True)
+    pre = torch.randn(tokens, d_sae, generator=generator)
     pre[:3, dead] = -pre[:3, dead].abs()  # tokens whose dead latents all have negative pre-activations
     W_dec = sae.W_dec.detach().clone().requires_grad_(True)
-    got_loss = call_student(fn, name, x, x_hat, pre, dead, W_dec, 3)
+    got_loss = call_student(fn, name, x, x_hat, pre, dead, W_dec, k_aux)
     got = expect_number(got_loss, name)
     want = sae.aux_loss(x, x_hat.detach(), pre).item()
     error = (x - x_hat.detach())
 
     def variant(mask: Tensor, relu: bool = True, normalise: str = "centred") -> float:
-        top = pre.masked_fill(~mask, float("-inf")).topk(3, dim=-1)
+        top = pre.masked_fill(~mask, float("-inf")).topk(k_aux, dim=-1)
         values = top.values.relu() if relu else top.values
         error_hat = torch.zeros_like(pre).scatter(-1, top.indices, values) @ W_dec.detach()
         squared = (error_hat - error).pow(2).sum()
@@ -175,15 +192,16 @@ def auxk_loss(fn: Callable) -> None:
         raise CheckFailed("the error e = x − x̂ must be detached: AuxK should train the dead latents, not push x̂ around")
     if W_dec.grad is None or W_dec.grad[dead].abs().max() == 0:
         raise CheckFailed("no gradient reaches the dead latents' decoder rows: decode the auxiliary latents with W_dec")
-    passed(name, f"{got:.4f}")
+    passed(name, reveal(f"{got:.4f}"))
 
 
 def decoder_constraint(normalize_decoder: Callable, remove_parallel_gradient: Callable) -> None:
     """Exercise 5: unit-norm decoder rows, and the gradient with each row's parallel component removed."""
     __tracebackhide__ = True
-    generator = _gen(6)
-    W_dec = torch.randn(D_SAE, D_IN, generator=generator) * 3
-    grad = torch.randn(D_SAE, D_IN, generator=generator)
+    generator = seeded(6)
+    d_in, d_sae = _dims()
+    W_dec = torch.randn(d_sae, d_in, generator=generator) * 3
+    grad = torch.randn(d_sae, d_in, generator=generator)
     name = "normalize_decoder"
     got = expect_tensor(call_student(normalize_decoder, name, W_dec.clone()), name, W_dec.shape, "d_sae d_in")
     unit = W_dec / W_dec.norm(dim=-1, keepdim=True)
@@ -203,7 +221,7 @@ def decoder_constraint(normalize_decoder: Callable, remove_parallel_gradient: Ca
     expect_close(got, want, name, hint="grad − (grad · u) u, with u the unit rows, the dot product over dim=-1")
     # The rows are unit here; a solution that assumes so still fails on rows of other norms.
     got = expect_tensor(call_student(remove_parallel_gradient, name, W_dec.clone(), grad.clone()), name, grad.shape)
-    if not torch.allclose((got * W_dec).sum(-1), torch.zeros(D_SAE), atol=1e-4):
+    if not torch.allclose((got * W_dec).sum(-1), torch.zeros(d_sae), atol=1e-4):
         raise CheckFailed("with rows that are not unit-norm your gradient keeps a parallel part: use u = W_dec[i] / ‖W_dec[i]‖")
     passed("decoder constraint")
 
@@ -211,8 +229,10 @@ def decoder_constraint(normalize_decoder: Callable, remove_parallel_gradient: Ca
 def sae_metrics(l0: Callable, fvu: Callable, ce_loss_recovered: Callable) -> None:
     """Exercise 6: L0, fraction of variance unexplained, CE loss recovered."""
     __tracebackhide__ = True
-    generator = _gen(7)
-    latents = torch.randn(4, 5, D_SAE, generator=generator).relu() * (torch.rand(4, 5, D_SAE, generator=generator) < 0.2)
+    generator = seeded(7)
+    d_in, d_sae = _dims()
+    shape = (size(4), size(5), d_sae)
+    latents = torch.randn(shape, generator=generator).relu() * (torch.rand(shape, generator=generator) < 0.2)
     got = expect_number(call_student(l0, "l0", latents), "l0")
     want = metrics.l0(latents)
     nonzero = (latents != 0).float()
@@ -223,8 +243,8 @@ def sae_metrics(l0: Callable, fvu: Callable, ce_loss_recovered: Callable) -> Non
     ], torch.tensor(want))
     expect_close(torch.tensor(got), torch.tensor(want), "l0", hint="(latents != 0).sum(-1).float().mean()")
 
-    x = torch.randn(50, D_IN, generator=generator) * 2 + 3
-    x_hat = x + torch.randn(50, D_IN, generator=generator)
+    x = torch.randn(size(50), d_in, generator=generator) * 2 + 3
+    x_hat = x + torch.randn(x.shape, generator=generator)
     got = expect_number(call_student(fvu, "fvu", x, x_hat), "fvu")
     want = metrics.fvu(x, x_hat)
     residual = (x - x_hat).pow(2)
@@ -236,7 +256,7 @@ def sae_metrics(l0: Callable, fvu: Callable, ce_loss_recovered: Callable) -> Non
     ], torch.tensor(want))
     expect_close(torch.tensor(got), torch.tensor(want), "fvu", hint="Σ‖x − x̂‖² / Σ‖x − x.mean(0)‖²")
 
-    for clean, sae_ce, zero in ((3.0, 3.5, 8.0), (2.0, 6.0, 7.0)):
+    for clean, sae_ce, zero in _ce_losses():
         got = expect_number(call_student(ce_loss_recovered, "ce_loss_recovered", clean, sae_ce, zero), "ce_loss_recovered")
         want = (zero - sae_ce) / (zero - clean)
         reject_known_mistakes(torch.tensor(got), [
@@ -248,16 +268,43 @@ def sae_metrics(l0: Callable, fvu: Callable, ce_loss_recovered: Callable) -> Non
     passed("metrics", "l0, fvu and ce_loss_recovered")
 
 
-def _dead_case() -> tuple[TopKSAE, Tensor]:
-    """A TopK SAE and activations where some latents fire only late, and some are positive but never in the top k."""
-    generator = _gen(8)
-    sae = TopKSAE(D_IN, D_SAE, k=2)
+def _ce_losses() -> list[tuple[float, float, float]]:
+    """(CE clean, CE with the SAE, CE zero-ablated) triples: the SAE's between clean and zero, once near each."""
+    if not hidden():
+        return [(3.0, 3.5, 8.0), (2.0, 6.0, 7.0)]
+    cases = []
+    for (a, b, c), (low, high) in zip(torch.rand(2, 3, generator=seeded(31)).tolist(), ((0.05, 0.3), (0.5, 0.9))):
+        clean = round(1.5 + 2 * a, 3)
+        zero = round(clean + 3 + 6 * c, 3)
+        cases.append((clean, round(clean + (low + (high - low) * b) * (zero - clean), 3), zero))
+    return cases
+
+
+@recipe
+def dead_latents_case(seed: int, d_in: int, d_sae: int, n_tokens: int, seeded_weights: bool) -> tuple[TopKSAE, Tensor]:
+    """A TopK SAE and activations where some latents fire only late, and some are positive but never in the top k.
+
+    `seeded_weights=False` is the notebook's case (weights from torch's global generator, as it always was);
+    hidden tests seed them, so that the grader and the kernel build the same SAE.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sae = TopKSAE(d_in, d_sae, k=2)
     with torch.no_grad():
-        sae.b_enc.copy_(torch.linspace(-4, 0.5, D_SAE))
-    x = torch.randn(300, D_IN, generator=generator)
+        if seeded_weights:
+            sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=generator))
+            sae.normalize_decoder_()
+            sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_enc.copy_(torch.linspace(-4, 0.5, d_sae))
+    x = torch.randn(n_tokens, d_in, generator=generator)
     # The last batch lights up latent 0, which otherwise never makes the top 2.
     x[-5:] = sae.b_dec + 12 * sae.W_enc[:, 0].detach()
     return sae.eval(), x
+
+
+def _dead_case() -> tuple[TopKSAE, Tensor]:
+    """The dead-latents check's SAE and activations (built by the recipe, so the grader can send the SAE)."""
+    d_in, d_sae = _dims()
+    return dead_latents_case(_seed(8), d_in, d_sae, size(300, 10), hidden())
 
 
 def dead_latents(fn: Callable) -> None:
@@ -265,32 +312,37 @@ def dead_latents(fn: Callable) -> None:
     __tracebackhide__ = True
     name = "dead_latents"
     sae, x = _dead_case()
-    got = call_student(fn, name, sae, x, 64)
+    batch_size = size(64, 8)
+    got = call_student(fn, name, sae, x, batch_size)
     if not isinstance(got, Tensor) or got.dtype != torch.bool:
         raise CheckFailed(f"`{name}` should return a boolean tensor (True = dead), not {type(got).__name__}"
                           f"{'' if not isinstance(got, Tensor) else ' of ' + str(got.dtype)}.")
-    got = expect_tensor(got, name, (D_SAE,), "d_sae")
+    got = expect_tensor(got, name, (sae.d_sae,), "d_sae")
     with torch.no_grad():
         want = (metrics.fire_counts(sae.encode(x)) == 0).float()
         pre_positive = ~(sae.pre_activations(x) > 0).any(0)
-        first_batch = metrics.fire_counts(sae.encode(x[:64])) == 0
+        first_batch = metrics.fire_counts(sae.encode(x[:batch_size])) == 0
     reject_known_mistakes(got, [
         (1 - want, "your mask is inverted: True should mark latents that never fired"),
         (pre_positive.float(), "a positive pre-activation is not firing: a TopK latent fires only if it is kept, latents != 0"),
         (first_batch.float(), "you looked at the first batch only: accumulate fire counts over every batch"),
     ], want)
     expect_close(got, want, name, hint="count (sae.encode(batch) != 0) per latent over all batches; dead = count == 0")
-    passed(name, f"{int(want.sum())} of {D_SAE} dead in the test case")
+    passed(name, reveal(f"{int(want.sum())} of {sae.d_sae} dead in the test case"))
 
 
 def max_activating_examples(fn: Callable) -> None:
     """Exercise 8: the k largest activations of one latent over (row, position), as (row, position, value)."""
     __tracebackhide__ = True
     name = "max_activating_examples"
-    generator = _gen(9)
-    acts = torch.rand(6, 10, generator=generator) * (torch.rand(6, 10, generator=generator) < 0.4)
-    acts[2, 3], acts[2, 7] = 5.0, 4.0  # two of the top examples in one row
-    k = 4
+    generator = seeded(9)
+    rows, positions = size(6), size(10)
+    acts = torch.rand(rows, positions, generator=generator) * (torch.rand(rows, positions, generator=generator) < 0.4)
+    row, (first, second) = 2, (3, 7)
+    if hidden():
+        row, (first, second) = int(torch.randint(rows, (), generator=generator)), torch.randperm(positions, generator=generator)[:2].tolist()
+    acts[row, first], acts[row, second] = 5.0, 4.0  # two of the top examples in one row
+    k = size(4)
     got = call_student(fn, name, acts.clone(), k)
     if not isinstance(got, list) or not all(isinstance(t, tuple) and len(t) == 3 for t in got):
         raise CheckFailed(f"`{name}` should return a list of (row, position, value) tuples, not {type(got).__name__}.")
@@ -301,7 +353,7 @@ def max_activating_examples(fn: Callable) -> None:
     one_per_row = sorted(((r, int(per_row.indices[r]), float(per_row.values[r])) for r in range(acts.shape[0])),
                          key=lambda t: -t[2])[:k]
     if len(got) != k:
-        raise CheckFailed(f"`{name}` returned {len(got)} examples; it should return k = {k}.")
+        raise CheckFailed(f"`{name}` returned {len(got)} examples; it should return k" + reveal(f" = {k}") + ".")
     reject_known_mistakes(as_tensor(got), [
         (as_tensor(want[::-1]), "your examples are in ascending order: strongest first"),
         (as_tensor([(p, r, v) for r, p, v in want]), "row and position are swapped: return (row, position, value)"),
@@ -316,11 +368,17 @@ def steering_hook(fn: Callable) -> None:
     """Exercise 9: a hook that adds value · direction to the residual stream at every position."""
     __tracebackhide__ = True
     name = "steering_hook"
-    generator = _gen(10)
-    resid = torch.randn(2, 5, D_IN, generator=generator)
-    direction = torch.randn(D_IN, generator=generator) * 0.3
-    value = 4.0
-    out = call_student(fn, name, resid.clone(), None, direction, value)
+    generator = seeded(10)
+    d_model = size(D_IN)
+    resid = torch.randn(size(2), size(5), d_model, generator=generator)
+    direction = torch.randn(d_model, generator=generator) * 0.3
+    value = 4.0 if not hidden() else round(2 + 4 * float(torch.rand((), generator=generator)), 3)
+    activation = resid.clone()
+    out = call_student(fn, name, activation, hook_point("blocks.0.hook_resid_pre"), direction, value)
+    if out is None:  # TransformerLens keeps an activation the hook edited in place and returned nothing
+        if torch.equal(activation, resid):
+            raise CheckFailed(f"`{name}` returned None and left the activation unchanged: return activation + value * direction")
+        out = activation
     got = expect_tensor(out, name, resid.shape, "batch pos d_model")
     want = resid + value * direction
     last, first = resid.clone(), resid.clone()
@@ -336,3 +394,28 @@ def steering_hook(fn: Callable) -> None:
     ], want)
     expect_close(got, want, name, hint="return activation + value * direction")
     passed(name)
+
+
+EXERCISES = {
+    "relu_sae_forward": Exercise(
+        relu_sae_forward, ("relu_sae_forward",),
+        forbidden=(SAE.pre_activations, SAE.encode, SAE.decode, SAE.forward, SAE.forward_with_loss),
+    ),
+    "relu_sae_loss": Exercise(relu_sae_loss, ("relu_sae_loss",), forbidden=(ReLUSAE.sparsity_loss, SAE.forward_with_loss)),
+    "topk_activation": Exercise(
+        topk_activation, ("topk_activation",), forbidden=(TopKSAE.activation, TopKSAE._latents_and_reconstruction)
+    ),
+    "auxk_loss": Exercise(auxk_loss, ("auxk_loss",), forbidden=(TopKSAE.aux_loss,)),
+    "decoder_constraint": Exercise(
+        decoder_constraint, ("normalize_decoder", "remove_parallel_gradient"),
+        forbidden=(SAE.normalize_decoder_, SAE.remove_parallel_gradient_),
+    ),
+    "metrics": Exercise(
+        sae_metrics, ("l0", "fvu", "ce_loss_recovered"),
+        forbidden=(metrics.l0, metrics.fvu, metrics.explained_variance, metrics.ce_loss_recovered),
+    ),
+    # The exercise tells students to use sae.encode; counting with metrics.fire_counts is a helper, not the answer.
+    "dead_latents": Exercise(dead_latents, ("dead_latents",)),
+    "max_activating_examples": Exercise(max_activating_examples, ("max_activating_examples",)),
+    "steering_hook": Exercise(steering_hook, ("steering_hook",), forbidden=(ref_steering.steering_hook,)),
+}
