@@ -15,6 +15,11 @@
 
 The numbers these models give mean nothing; they prove shapes (12 layers x 12 heads, a 50257-token
 vocabulary, GPT-2's BOS conventions), loaders and code paths.
+
+Building the GPT-2 stand-in (random init, conversion, folding) takes seconds each time; with
+$MIKIT_STANDIN_CACHE naming a folder, the first build saves its processed weights there and later
+builds (other kernels of the same test run) load them instead of building a GPT2LMHeadModel and
+converting and folding its weights.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +35,7 @@ from pathlib import Path
 import torch
 
 SEED = 0
+CACHE_ENV = "MIKIT_STANDIN_CACHE"  # a folder shared by a test and the kernels it starts
 # Released SAEs here are smaller than Joseph Bloom's 24576 latents, to keep CPU tests quick.
 STANDIN_D_SAE = 4096
 # Words the tiny CLIP vocabulary knows whole (notebook 05 looks up the first five by their decoded text).
@@ -70,14 +77,49 @@ def gpt2_folder() -> Path:
 
 def gpt2_small(name: str = "gpt2-small", device: str = "cpu", seed: int = SEED):
     """A random GPT-2 small, built as `HookedTransformer.from_pretrained("gpt2-small")` builds the real one."""
-    from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     if name.lower() not in ("gpt2-small", "gpt2"):
         raise ValueError(f"the offline stand-in serves only gpt2-small, not {name!r}.")
     folder = gpt2_folder()
     cfg = loading.get_pretrained_model_config(str(folder), fold_ln=True, device=device)
+    cached = Path(os.environ[CACHE_ENV]) / f"gpt2-small-seed{seed}.safetensors" if os.environ.get(CACHE_ENV) else None
+    with torch.random.fork_rng(devices=[]):  # built or loaded, the notebook's random stream is left as it was
+        model = _build_gpt2(folder, cfg, seed, cached)
+    model.move_model_modules_to_device()
+    global _LAST_GPT2
+    _LAST_GPT2 = model
+    return model
+
+
+def _build_gpt2(folder: Path, cfg, seed: int, cached: Path | None):
+    from transformer_lens import HookedTransformer
+
+    if cached is not None and cached.is_file():
+        from safetensors.torch import load_file
+
+        model = HookedTransformer(cfg, move_to_device=False)  # cfg.init_weights is False: no random init to undo
+        model.load_state_dict(load_file(cached), strict=True)
+    else:
+        model = HookedTransformer(cfg, move_to_device=False)  # tokenizer from cfg.tokenizer_name, as from_pretrained
+        model.load_and_process_state_dict(
+            _random_gpt2_state_dict(folder, cfg, seed),
+            fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True,
+        )
+        if cached is not None:
+            from safetensors.torch import save_file
+
+            partial = cached.with_suffix(f".{os.getpid()}.partial")
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, partial)
+            os.replace(partial, cached)  # whole or absent, for a kernel reading it at the same time
+    return model
+
+
+def _random_gpt2_state_dict(folder: Path, cfg, seed: int) -> dict:
+    """TransformerLens's conversion of a seeded random `GPT2LMHeadModel` with GPT-2 small's config."""
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(seed)
     hf_model = GPT2LMHeadModel(GPT2Config(**GPT2_CONFIG))
     # GPT-2's LayerNorms are not the identity once trained; random gains and biases make folding them count.
@@ -86,15 +128,7 @@ def gpt2_small(name: str = "gpt2-small", device: str = "cpu", seed: int = SEED):
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.normal_(0, 0.1)
-    state_dict = loading.get_pretrained_state_dict(str(folder), cfg, hf_model)
-    model = HookedTransformer(cfg, move_to_device=False)  # tokenizer from cfg.tokenizer_name, as from_pretrained
-    model.load_and_process_state_dict(
-        state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
-    )
-    model.move_model_modules_to_device()
-    global _LAST_GPT2
-    _LAST_GPT2 = model
-    return model
+    return loading.get_pretrained_state_dict(str(folder), cfg, hf_model)
 
 
 def released_sae_to_disk(release: str, sae_id: str, folder: str | Path, seed: int = SEED) -> None:

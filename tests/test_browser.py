@@ -1,8 +1,16 @@
 """The solution notebooks in a real browser: JupyterLab + headless Chromium (Playwright).
 
-Each test opens a stripped copy of one solution notebook, runs every cell, then reads the DOM:
-no cell raised, every plotly figure is an `svg.main-svg` with a size, circuitsvis views are drawn
-and answer a click, and every ipywidgets control changes its output when moved. Run with
+Two kinds of test, on one JupyterLab server and one Chromium for the module:
+
+- every solution notebook opens with its saved outputs (signed, so trusted, as the author's own
+  notebook is) and nothing executed: every plotly figure is an `svg.main-svg` with a size, every
+  circuitsvis view is drawn and answers a click, every matplotlib image loads, every saved widget
+  view is restored, and no output shows an error;
+- the notebooks with widgets (01, 04, 05) open stripped and run live, in a kernel, the cells that
+  build their widgets and every cell those read from (`cells_needed`); then every ipywidgets control
+  changes what the widget shows when moved, typed into or clicked.
+
+Executing every cell of every notebook is nbval's job (tests/notebooks/). Run with
 
     HF_HUB_OFFLINE=1 MIKIT_MODE=offline pytest -m browser tests/test_browser.py
 
@@ -20,15 +28,32 @@ from pathlib import Path
 import pytest
 
 from browser_helpers import (
-    CHROMIUM_ARGS, JS_IMAGE_DIGEST, SOLUTIONS, LabServer, cell_index, find_chromium, missing_reason,
-    run_all_cells, saved_plotly_count, wait_for_change,
+    CHROMIUM_ARGS, JS_IMAGE_DIGEST, PLOTLY_MIME, SOLUTIONS, WIDGET_MIME, LabServer, cell_index, cells_needed,
+    find_chromium, missing_reason, run_cells, saved_count, saved_plotly_count, wait_for_change, wait_for_kernel,
 )
 
 pytestmark = pytest.mark.browser
 
-# Seconds for one notebook to run: 04 and 05 take ~90 s on 2 free cores; a shared machine needs more.
+# Seconds for one notebook's live cells to run: 04's take ~60 s on 2 free cores; a shared machine needs more.
 NOTEBOOK_TIMEOUT_S = float(os.environ.get("MIKIT_BROWSER_TIMEOUT", 600))
 VIEWPORT = {"width": 1200, "height": 1300}
+NAMES = sorted(p.name for p in SOLUTIONS.glob("*.ipynb"))
+SETUP = "mikit.setup("  # the setup cell always runs: it seeds, picks the mode and the device
+# The cells that build each notebook's widgets: they run live, with the cells they need.
+WIDGET_CELLS = {
+    "01_induction_heads.ipynb": ("viz.attention_explorer(toy", "viz.attention_explorer(lm"),
+    "04_sparse_autoencoders.ipynb": ("board = latent_dashboard(",),
+    "05_cross_attention.ipynb": ("viz.t2i_explorer(",),
+}
+# Screenshots from the saved outputs of notebooks without widgets: (cell snippet, what to frame).
+SAVED_SCREENSHOTS = {
+    "02_ioi.ipynb": ("viz.circuit_diagram(", ".js-plotly-plot .main-svg"),
+    "03_activation_patching.ipynb": ("viz.positions_heatmap(resid_effect", ".jp-RenderedPlotly .main-svg"),
+}
+
+# Plotly figures in cell outputs, not those inside a widget's Output (the SAE dashboard's histogram).
+PLOTS = ("xpath=//div[contains(@class, 'jp-OutputArea-output') and contains(@class, 'jp-RenderedPlotly')"
+         " and not(ancestor::div[contains(@class, 'widget-output')])]")
 
 JS_TEXT_DIGEST = """(el) => {
   const text = el.innerHTML;
@@ -74,10 +99,10 @@ def screenshot_dir(tmp_path_factory) -> Path:
 
 
 class Notebook:
-    """One solution notebook, run to the end in its own browser page."""
+    """One solution notebook in its own browser page: saved outputs shown, or some cells run live."""
 
-    def __init__(self, page, name: str, run_state: dict):
-        self.page, self.name, self.run_state = page, name, run_state
+    def __init__(self, page, name: str, ran: list[int], run_state: dict | None):
+        self.page, self.name, self.ran, self.run_state = page, name, ran, run_state
         self.source = SOLUTIONS / name
 
     def cell(self, snippet: str):
@@ -115,30 +140,65 @@ class Notebook:
         assert box and box["width"] >= min_px and box["height"] >= min_px, f"{self.name}: {what} has size {box}."
         return box
 
-    def assert_common(self) -> None:
-        """No cell raised; every plotly figure is drawn; every widget view loaded."""
-        assert not self.run_state["errors"], f"{self.name}: cells raised: {self.run_state['errors']}"
-        assert self.run_state["done"] == self.run_state["total"], f"{self.name}: not every cell ran: {self.run_state}"
-        expected = saved_plotly_count(self.source)
-        plots = self.page.locator(".jp-OutputArea-output.jp-RenderedPlotly")
-        assert plots.count() >= expected, (
+    def assert_plotly(self, expected: int) -> None:
+        """`expected` plotly figures, each drawn as an svg with a size."""
+        plots = self.page.locator(PLOTS)
+        # plotly.js loads on the first figure: wait for every figure's svg before measuring.
+        drawn = plots.filter(has=self.page.locator("svg.main-svg"))
+        wait_for_change(lambda: drawn.count() >= expected or None, None, 60, f"{self.name}: plotly figures drawn")
+        assert plots.count() == expected, (
             f"{self.name}: {plots.count()} plotly figures rendered, the solution shows {expected}.")
         for i in range(plots.count()):
             plots.nth(i).scroll_into_view_if_needed()
             self.assert_size(plots.nth(i).locator("svg.main-svg").first, f"plotly figure {i}")
-        outputs_text = self.page.locator(".jp-Notebook").inner_text()
-        for failure in ("Error displaying widget", "Failed to load model class", "Loading widget..."):
-            assert failure not in outputs_text, f"{self.name}: a widget output shows {failure!r}."
 
-    def assert_circuitsvis(self, snippet: str) -> None:
+    def assert_no_widget_errors(self) -> None:
+        outputs_text = self.page.locator(".jp-Notebook").inner_text()
+        for failure in ("Error displaying widget", "Failed to load model class", "Loading widget...", "Traceback"):
+            assert failure not in outputs_text, f"{self.name}: an output shows {failure!r}."
+
+    def assert_live(self) -> None:
+        """The live cells all ran without raising; their plotly figures are drawn; every widget view loaded."""
+        assert not self.run_state["errors"], f"{self.name}: cells raised: {self.run_state['errors']}"
+        assert self.run_state["done"] == self.run_state["total"] == len(self.ran), (
+            f"{self.name}: not every cell ran: {self.run_state}")
+        self.assert_plotly(saved_plotly_count(self.source, self.ran))
+        self.assert_no_widget_errors()
+
+    def assert_saved_outputs(self) -> None:
+        """Every saved figure renders: plotly, circuitsvis (drawn, and redrawn on a click), images, widget views."""
+        self.assert_plotly(saved_plotly_count(self.source))
+        views = self.page.locator(".jp-OutputArea-output [id^='circuits-vis']")
+        expected = saved_count(self.source, "text/html", contains='id="circuits-vis')
+        wait_for_change(lambda: views.count() >= expected or None, None, 60, f"{self.name}: circuitsvis views")
+        assert views.count() == expected, f"{self.name}: {views.count()} circuitsvis views, the solution shows {expected}."
+        for i in range(expected):
+            self.assert_circuitsvis_view(views.nth(i))
+        images = self.page.locator(".jp-OutputArea-output.jp-RenderedImage img")
+        expected = saved_count(self.source, "image/png")
+        assert images.count() == expected, f"{self.name}: {images.count()} images, the solution shows {expected}."
+        for i in range(expected):
+            image = images.nth(i)
+            image.scroll_into_view_if_needed()
+            image.wait_for(state="visible")
+            assert image.evaluate("(img) => img.decode().then(() => img.naturalWidth)"), f"{self.name}: image {i} is empty."
+            self.assert_size(image, f"image {i}")
+        widgets = self.page.locator(".jp-OutputArea-output .jupyter-widgets")
+        if saved_count(self.source, WIDGET_MIME):
+            wait_for_change(lambda: widgets.count() or None, None, 60, f"{self.name}: saved widget views restored")
+        self.assert_no_widget_errors()
+
+    def assert_circuitsvis_view(self, view) -> None:
         """The view is drawn (canvases with a size) and clicking another head redraws the large pattern."""
-        view = self.cell(snippet).locator("[id^='circuits-vis']")
+        view.scroll_into_view_if_needed()
         self.assert_size(view, "the circuitsvis view", min_px=100)
         # attention_patterns draws its head thumbnails in <figure>s, attention_heads in plain boxes.
-        thumbnails = view.locator("figure canvas") if view.locator("figure canvas").count() else view.locator("canvas")
+        canvases = view.locator("canvas")
+        wait_for_change(lambda: canvases.count() >= 3 or None, None, 30, f"{self.name}: circuitsvis canvases")
+        thumbnails = view.locator("figure canvas") if view.locator("figure canvas").count() else canvases
         assert thumbnails.count() >= 3, f"{self.name}: the circuitsvis view drew {thumbnails.count()} head canvases."
-        areas = view.locator("canvas").evaluate_all("(cs) => cs.map(c => c.clientWidth * c.clientHeight)")
-        main = view.locator("canvas").nth(max(range(len(areas)), key=areas.__getitem__))
+        areas = canvases.evaluate_all("(cs) => cs.map(c => c.clientWidth * c.clientHeight)")
+        main = canvases.nth(max(range(len(areas)), key=areas.__getitem__))
         self.assert_size(main, "the circuitsvis attention pattern", min_px=50)
         before = self.canvas_data(main)
         thumbnails.nth(1).click()
@@ -161,31 +221,71 @@ class Notebook:
 
 
 @pytest.fixture
-def run_notebook(lab, chromium):
-    """Open a stripped copy of a solution notebook in a fresh page and run all its cells."""
+def open_notebook(lab, chromium):
+    """Open a solution notebook in a fresh page: with its saved outputs, or stripped with its widget cells run live."""
     contexts = []
 
-    def run(name: str) -> Notebook:
+    def open_(name: str, live: bool = False) -> Notebook:
         context = chromium.new_context(viewport=VIEWPORT)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(30_000)
-        page.goto(lab.lab_url(lab.copy_solution(name)))
-        state = run_all_cells(page, NOTEBOOK_TIMEOUT_S)
+        ran, state = [], None
+        if live:
+            ran = cells_needed(SOLUTIONS / name, WIDGET_CELLS[name], always=(SETUP,))
+            page.goto(lab.lab_url(lab.copy_solution(name)))
+            state = run_cells(page, ran, NOTEBOOK_TIMEOUT_S)
+        else:
+            page.goto(lab.lab_url(lab.copy_with_outputs(name)))
+            wait_for_kernel(page)  # saved widget views are restored once the kernel is up
         # A wide notebook for screenshots: hide the side bars.
         page.evaluate("() => { window.jupyterapp.shell.collapseLeft(); window.jupyterapp.shell.collapseRight(); }")
-        return Notebook(page, name, state)
+        return Notebook(page, name, ran, state)
 
-    yield run
+    yield open_
     for context in contexts:
         context.close()
     lab.shutdown_kernels()
 
 
-def test_01_induction_heads(run_notebook, screenshot_dir):
-    nb = run_notebook("01_induction_heads.ipynb")
-    nb.assert_common()
-    nb.assert_circuitsvis("cv.attention.attention_patterns(")
+def test_cells_needed_follows_names_through_cells(tmp_path):
+    """The live runs rely on this slice: every cell that binds or changes what the target reads, and no other."""
+    import nbformat
+
+    cells = [
+        "import mikit\nS = mikit.setup()",                       # 0: always
+        "model = load()\nother = 1",                             # 1: binds model
+        "slow = train(model)",                                    # 2: not read by the target
+        "if S.mode == 'offline':\n    data = a()\nelse:\n    data = b(model)",  # 3: binds data on both paths
+        "model.reset_hooks()",                                    # 4: changes model in place
+        "def helper(x):\n    return x + offset",                  # 5: reads offset when called
+        "offset = 2\nfor i in range(3):\n    table = i",         # 6: binds offset; table only maybe
+        "table = {}",                                             # 7: binds table surely
+        "table['k'] = 1",                                         # 8: changes table
+        "%time widget(model, data, helper(1), table)",            # 9: the target (a magic line)
+        "after = widget(model)",                                  # 10: after the target
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    path = tmp_path / "slice.ipynb"
+    nbformat.write(notebook, path)
+    assert cells_needed(path, ["%time widget("], always=("mikit.setup(",)) == [0, 1, 3, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_saved_figures_render(open_notebook, screenshot_dir, name):
+    nb = open_notebook(name)
+    assert saved_count(nb.source, PLOTLY_MIME) + saved_count(nb.source, "image/png") > 0, f"{name} keeps no figures."
+    nb.assert_saved_outputs()
+    if name in SAVED_SCREENSHOTS:
+        snippet, frame = SAVED_SCREENSHOTS[name]
+        figure = nb.cell(snippet).locator(frame).first
+        nb.assert_size(figure, f"the figure of {snippet!r}", min_px=200)
+        nb.screenshot(figure, screenshot_dir)
+
+
+def test_01_induction_heads_widgets_live(open_notebook, screenshot_dir):
+    nb = open_notebook("01_induction_heads.ipynb", live=True)
+    nb.assert_live()
 
     for snippet in ("viz.attention_explorer(toy", "viz.attention_explorer(lm"):
         cell = nb.cell(snippet)
@@ -205,26 +305,9 @@ def test_01_induction_heads(run_notebook, screenshot_dir):
     nb.screenshot(nb.cell("viz.attention_explorer(toy").locator(".widget-vbox").first, screenshot_dir)
 
 
-def test_02_ioi(run_notebook, screenshot_dir):
-    nb = run_notebook("02_ioi.ipynb")
-    nb.assert_common()
-    nb.assert_circuitsvis("cv.attention.attention_heads(")
-    diagram = nb.cell("viz.circuit_diagram(").locator("svg.main-svg").first
-    nb.assert_size(diagram, "the circuit diagram", min_px=200)
-    nb.screenshot(nb.cell("viz.circuit_diagram(").locator(".js-plotly-plot .main-svg").first, screenshot_dir)
-
-
-def test_03_activation_patching(run_notebook, screenshot_dir):
-    nb = run_notebook("03_activation_patching.ipynb")
-    nb.assert_common()
-    heatmap = nb.cell("viz.positions_heatmap(resid_effect").locator(".jp-RenderedPlotly")
-    nb.assert_size(heatmap.locator("svg.main-svg").first, "the residual-stream patching heatmap", min_px=200)
-    nb.screenshot(heatmap.locator(".main-svg").first, screenshot_dir)
-
-
-def test_04_sparse_autoencoders(run_notebook, screenshot_dir):
-    nb = run_notebook("04_sparse_autoencoders.ipynb")
-    nb.assert_common()
+def test_04_sparse_autoencoders_widgets_live(open_notebook, screenshot_dir):
+    nb = open_notebook("04_sparse_autoencoders.ipynb", live=True)
+    nb.assert_live()
     cell = nb.cell("board = latent_dashboard(")
     picker = nb.control(cell, "text", "latent").locator("input")
     contexts = cell.locator(".widget-html-content").first
@@ -253,9 +336,9 @@ def test_04_sparse_autoencoders(run_notebook, screenshot_dir):
     nb.screenshot(cell.locator(".widget-vbox").first, screenshot_dir)
 
 
-def test_05_cross_attention(run_notebook, screenshot_dir):
-    nb = run_notebook("05_cross_attention.ipynb")
-    nb.assert_common()
+def test_05_cross_attention_widgets_live(open_notebook, screenshot_dir):
+    nb = open_notebook("05_cross_attention.ipynb", live=True)
+    nb.assert_live()
     cell = nb.cell("viz.t2i_explorer(")
     image = cell.locator("img.widget-image")
     nb.assert_size(image, "the explorer's heatmaps", min_px=100)

@@ -4,12 +4,14 @@ Full mode (Colab: GPT-2 small, released SAELens SAEs, Stable Diffusion) needs th
 `tests/standins.py` replaces what it downloads with seeded random models of the same shapes, loaded through
 mikit's real code paths. Each notebook gets a first cell that installs the stand-ins in its kernel, and runs
 through `mikit grade` with MIKIT_MODE=full. This proves full-mode code paths, shapes and loaders, not numbers.
+The stand-in GPT-2 is built once, in this process; each notebook's kernel loads its weights from a cache.
 Run with -s to see each notebook's time and its slowest cells.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -62,10 +64,28 @@ def full_mode_copy(name: str, folder: Path, log: Path, finished: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def standin_cache():
+    """A folder for the stand-ins' cache, shared by this process and the notebooks' kernels."""
+    # Not pytest's tmp_path: a concurrent pytest session may prune it while a notebook runs.
+    folder = tempfile.mkdtemp(prefix="mikit-standin-cache-")
+    yield Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def standin_gpt2(standin_cache):
+    """The stand-in GPT-2 small, built from scratch here; its processed weights go to the cache for the kernels."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(standins.CACHE_ENV, str(standin_cache))
+        return standins.gpt2_small()
+
+
 @pytest.mark.notebook
 @pytest.mark.fullmode
 @pytest.mark.parametrize("name", NAMES)
-def test_solution_runs_in_full_mode_with_full_marks(name, monkeypatch):
+def test_solution_runs_in_full_mode_with_full_marks(name, monkeypatch, standin_cache, standin_gpt2):
+    monkeypatch.setenv(standins.CACHE_ENV, str(standin_cache))  # the kernel loads the GPT-2 built above
     monkeypatch.setenv("MIKIT_MODE", "full")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the stand-ins need no Hub; nothing may hang on one
     # Not pytest's tmp_path: a concurrent pytest session may prune it while the notebook runs.
@@ -90,11 +110,6 @@ def test_solution_runs_in_full_mode_with_full_marks(name, monkeypatch):
     assert report.total == report.max_total > 0
 
 
-@pytest.fixture(scope="module")
-def standin_gpt2():
-    return standins.gpt2_small()
-
-
 @pytest.mark.fullmode
 def test_standin_gpt2_has_gpt2_smalls_config_tokenizer_and_folded_layernorm(standin_gpt2):
     cfg = standin_gpt2.cfg
@@ -107,6 +122,22 @@ def test_standin_gpt2_has_gpt2_smalls_config_tokenizer_and_folded_layernorm(stan
     assert standin_gpt2.W_U.mean(-1).abs().max() < 1e-5 and standin_gpt2.W_E.mean(-1).abs().max() < 1e-5
     with torch.no_grad():
         assert standin_gpt2(standin_gpt2.to_tokens("Hello world")).shape == (1, 3, 50257)
+
+
+@pytest.mark.fullmode
+def test_standin_gpt2_loaded_from_the_cache_is_the_model_built_from_scratch(standin_gpt2, standin_cache, monkeypatch):
+    monkeypatch.setenv(standins.CACHE_ENV, str(standin_cache))
+    assert list(standin_cache.glob("gpt2-small-*.safetensors")), "building the stand-in wrote no cache."
+    rng = torch.random.get_rng_state()
+    loaded = standins.gpt2_small()
+    assert torch.equal(torch.random.get_rng_state(), rng), "loading the stand-in moved the notebook's random stream."
+    assert loaded is not standin_gpt2 and loaded.cfg.to_dict() == standin_gpt2.cfg.to_dict()
+    built = standin_gpt2.state_dict()
+    assert loaded.state_dict().keys() == built.keys()
+    assert all(torch.equal(value, built[key]) for key, value in loaded.state_dict().items())
+    tokens = loaded.to_tokens("When Mary and John went to the store, John gave a drink to")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), standin_gpt2(tokens), rtol=0, atol=0)
 
 
 @pytest.mark.fullmode
