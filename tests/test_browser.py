@@ -202,7 +202,7 @@ class Notebook:
         self.assert_size(main, "the circuitsvis attention pattern", min_px=50)
         before = self.canvas_data(main)
         thumbnails.nth(1).click()
-        wait_for_change(lambda: self.canvas_data(main), before, 10, "circuitsvis pattern after clicking the second head")
+        wait_for_change(lambda: self.canvas_data(main), before, 30, "circuitsvis pattern after clicking the second head")
 
     def screenshot(self, locator, folder: Path, max_height: int = 1100) -> Path:
         """Scroll `locator` to the top of the notebook and save what is visible of it (at most max_height px)."""
