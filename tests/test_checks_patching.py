@@ -1,13 +1,37 @@
-"""Every notebook-03 check passes a correct solution and rejects plausible wrong implementations."""
+"""Every notebook-03 check passes a correct solution and rejects plausible wrong implementations.
 
+Each exercise's test runs as the notebook runs the check (`variant` 0) and as the grader does, on hidden
+inputs (`variant` 1-3: other seeds, and each of the three size offsets). The hidden tests also run through
+the wire (`mikit.hidden`, its kernel side in this process with gradients off, as the notebook leaves
+them), with the reference, the correct alternatives of tests/alternatives/patching.py, and functions that
+only return the visible check's answers.
+"""
+
+import json
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
+from alternatives import patching as alternatives  # tests/alternatives/
 from transformer_lens.utilities import get_act_name
 
-from mikit.checks import CheckFailed
+import mikit.checks
+from mikit import hidden
+from mikit import patching as ref
+from mikit.checks import CheckFailed, hidden_variant
 from mikit.checks import patching as checks
+
+
+@pytest.fixture(params=[0, 1, 2, 3], ids=["notebook", "hidden1", "hidden2", "hidden3"])
+def variant(request):
+    """The check as the notebook runs it (0), or as the grader does, under a hidden variant."""
+    if request.param == 0:
+        yield 0
+        return
+    with hidden.active(), hidden_variant(request.param):
+        yield request.param
+    hidden.reset()
 
 
 def rejects(check, fn, *args, match=None):
@@ -26,7 +50,7 @@ def patch_resid_hook(resid, hook, pos, clean_resid):
     return resid
 
 
-def test_patch_resid_hook(capsys):
+def test_patch_resid_hook(capsys, variant):
     accepts(checks.patch_resid_hook, patch_resid_hook, capsys)
 
     def in_place_returning_none(resid, hook, pos, clean_resid):
@@ -72,7 +96,7 @@ def patch_resid_nnsight(nn_model, corrupted_tokens, clean_cache, layer, pos):
     return logits
 
 
-def test_patch_resid_nnsight(capsys):
+def test_patch_resid_nnsight(capsys, variant):
     accepts(checks.patch_resid_nnsight, patch_resid_nnsight, capsys)
 
     def block_output(nn_model, corrupted_tokens, clean_cache, layer, pos):
@@ -112,7 +136,7 @@ def resid_patching_loop(model, corrupted_tokens, clean_cache, metric, layers, po
     return results
 
 
-def test_resid_patching_loop(capsys):
+def test_resid_patching_loop(capsys, variant):
     accepts(checks.resid_patching_loop, resid_patching_loop, capsys, patch_resid_hook)
 
     def resid_post(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
@@ -152,7 +176,7 @@ def patch_pattern_hook(pattern, hook, head, clean_pattern):
     return pattern
 
 
-def test_patch_pattern_hook(capsys):
+def test_patch_pattern_hook(capsys, variant):
     accepts(checks.patch_pattern_hook, patch_pattern_hook, capsys)
 
     def query_axis(pattern, hook, head, clean_pattern):
@@ -183,7 +207,7 @@ def necessary_and_sufficient(denoised, noised, threshold):
     }
 
 
-def test_necessary_and_sufficient(capsys):
+def test_necessary_and_sufficient(capsys, variant):
     accepts(checks.necessary_and_sufficient, necessary_and_sufficient, capsys)
 
     def swapped(denoised, noised, threshold):
@@ -243,7 +267,7 @@ def path_patch(model, clean_cache, corrupted_cache, metric, senders, receivers, 
     return metric(model.run_with_hooks(start, start_at_layer=0, fwd_hooks=[(n, replace) for n in names])).item()
 
 
-def test_path_patch(capsys):
+def test_path_patch(capsys, variant):
     accepts(checks.path_patch, path_patch, capsys)
 
     def query_head_index(*args):
@@ -292,7 +316,7 @@ def attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric, grad_
     return (corrupted_value if base else 0) + sign * effects
 
 
-def test_attribution_patch_heads(capsys):
+def test_attribution_patch_heads(capsys, variant):
     accepts(checks.attribution_patch_heads, attribution_patch_heads, capsys)
     rejects(checks.attribution_patch_heads, partial(attribution_patch_heads, base=False), match="change only")
     rejects(checks.attribution_patch_heads, partial(attribution_patch_heads, sign=-1.0), match="sign")
@@ -315,7 +339,7 @@ def ablate_head(z, hook, head, method, reference_z, perm):
     return z
 
 
-def test_ablate_head(capsys):
+def test_ablate_head(capsys, variant):
     accepts(checks.ablate_head, ablate_head, capsys)
 
     def mean_over_positions(z, hook, head, method, reference_z, perm):
@@ -347,3 +371,225 @@ def test_ablate_head(capsys):
     rejects(checks.ablate_head, resample_without_perm, match=r"perm\[i\]")
     rejects(checks.ablate_head, always_zero, match="zeroed")
     rejects(checks.ablate_head, wrong_head, match="differs from the reference")
+
+
+# ---- hidden tests -------------------------------------------------------------------------------------------
+
+REFERENCE = {  # grade_id -> the reference implementation of each name the check receives
+    "patch_resid_hook": (patch_resid_hook,),
+    "patch_resid_nnsight": (patch_resid_nnsight,),
+    "resid_patching_loop": (resid_patching_loop, patch_resid_hook),
+    "patch_pattern_hook": (patch_pattern_hook,),
+    "necessary_and_sufficient": (necessary_and_sufficient,),
+    "path_patch": (path_patch,),
+    "attribution_patch_heads": (attribution_patch_heads,),
+    "ablate_head": (ablate_head,),
+}
+
+
+def test_every_check_cell_is_a_hidden_test():
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "03_activation_patching.ipynb").read_text())
+    cells = [c for c in notebook["cells"] if c["cell_type"] == "code" and c["metadata"].get("nbgrader", {}).get("grade")]
+    calls = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]).strip() for c in cells}
+    assert set(calls) == set(checks.EXERCISES) == set(REFERENCE)
+    for gid, exercise in checks.EXERCISES.items():
+        assert calls[gid] == f"check.{exercise.check.__name__}({', '.join(exercise.students)})"
+        assert exercise.context() == ()
+
+
+@pytest.fixture
+def wire(tmp_path, monkeypatch):
+    """`wire(grade_id, *functions)`: the exercise's hidden test as `mikit grade` runs it, the kernel in this process.
+
+    The kernel side has a memo of its own, no hidden variant and gradients off (the notebook's
+    `torch.set_grad_enabled(False)`), as the student's kernel has: recipes are rebuilt there from their arguments.
+    """
+    namespace = {}
+    monkeypatch.setattr(hidden, "_user_namespace", lambda: namespace)
+    monkeypatch.setattr(hidden, "_stash", {})
+
+    def run(code):
+        grader = hidden._memo, hidden._recipe_of, mikit.checks._variant
+        hidden._memo, hidden._recipe_of, mikit.checks._variant = {}, {}, 0
+        try:
+            with torch.no_grad():
+                hidden.serve(str(tmp_path))
+        finally:
+            hidden._memo, hidden._recipe_of, mikit.checks._variant = grader
+
+    def grade(gid, *functions, seed=1):
+        exercise = checks.EXERCISES[gid]
+        namespace.update(zip(exercise.students, functions))
+        forbidden = [hidden._qualified(fn) for fn in exercise.forbidden]
+        try:
+            with hidden.active(), hidden_variant(seed):
+                known = hidden.resolve(list(exercise.students), run, tmp_path, forbidden)
+                exercise.check(*(known[name] for name in exercise.students), *exercise.context())
+        finally:
+            hidden.reset()
+
+    return grade
+
+
+@pytest.mark.parametrize("gid", list(REFERENCE))
+def test_the_reference_passes_the_hidden_test_through_the_wire(gid, wire, capsys):
+    for seed in (1, 2, 3):
+        wire(gid, *REFERENCE[gid], seed=seed)
+    assert capsys.readouterr().out.count("✓") == 3
+
+
+def test_the_hidden_models_differ_and_are_rebuilt_identically():
+    build = checks._tiny.__wrapped__.__wrapped__  # past the recipe and the lru_cache: a fresh model each call
+    with hidden.active(), hidden_variant(2):
+        hidden_model = checks._model(n_key_value_heads=2)
+        (key, _), = [(k, m) for k, m in hidden._memo.items() if m is hidden_model]
+        prompts = checks._prompts()
+    hidden.reset()
+    args = json.loads(key)["kwargs"]["__dict__"]
+    assert dict(args) == {"seed": 7 + 1_000_003 * 2, "n_layers": 6, "n_heads": 10, "initializer_range": 0.5}
+    model, again = build(2, **dict(args)), build(2, **dict(args))
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, again.state_dict()[name]), name
+        assert torch.equal(weight, hidden_model.state_dict()[name]), name
+    assert not torch.equal(model.W_Q[0], build(2, n_layers=6, n_heads=10, initializer_range=0.5).W_Q[0])  # seed 7
+    clean, corrupted, clean_cache, _ = checks._caches.__wrapped__(model, *prompts)
+    clean_again, _, cache_again, _ = checks._caches.__wrapped__(again, *prompts)
+    assert clean.shape == (6, 9) and torch.equal(clean, clean_again)
+    assert torch.equal(clean_cache["z", 5], cache_again["z", 5])
+    assert (clean != corrupted).any(0).nonzero().flatten().tolist() == [1, 3]
+
+
+def test_the_second_function_of_the_loop_is_the_students_own(wire, capsys):
+    given = []
+
+    def loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
+        given.append(patch_hook)
+        return resid_patching_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook)
+
+    def every_position(resid, hook, pos, clean_resid):
+        return clean_resid.clone()
+
+    wire("resid_patching_loop", loop, alternatives.patch_resid_hook__in_place_returns_none)
+    assert given == [alternatives.patch_resid_hook__in_place_returns_none]
+    with pytest.raises(CheckFailed, match="differs from the reference"):  # a wrong hook makes the loop wrong
+        wire("resid_patching_loop", resid_patching_loop, every_position)
+
+
+def test_attribution_patching_runs_in_a_kernel_without_gradients(wire, capsys):
+    grad_enabled = []
+
+    def noting(model, clean_tokens, corrupted_tokens, metric):
+        grad_enabled.append(torch.is_grad_enabled())
+        return attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric)
+
+    def without_enable_grad(model, clean_tokens, corrupted_tokens, metric):
+        is_z = lambda name: name.endswith("hook_z")  # noqa: E731
+        z = []
+        value = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(is_z, lambda act, hook: z.append(act))]))
+        return torch.stack([g.sum((0, 1, 3)) for g in torch.autograd.grad(value, z)])
+
+    wire("attribution_patch_heads", noting)
+    assert grad_enabled == [False] and "✓ attribution_patch_heads" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="does not require grad"):  # as the visible check in the notebook would
+        wire("attribution_patch_heads", without_enable_grad)
+
+
+def test_an_in_place_hook_that_returns_none_is_graded_through_the_wire(wire, capsys):
+    wire("patch_resid_hook", alternatives.patch_resid_hook__in_place_returns_none)
+    wire("ablate_head", alternatives.ablate_head__in_place_returns_none)
+    assert capsys.readouterr().out.count("✓") == 2
+
+    def writes_into_clean(resid, hook, pos, clean_resid):
+        clean_resid[:, pos] = resid[:, pos]
+
+    with pytest.raises(CheckFailed, match="changed clean_resid"):
+        wire("patch_resid_hook", writes_into_clean)
+    with pytest.raises(CheckFailed, match="nothing changed"):
+        wire("patch_pattern_hook", lambda pattern, hook, head, clean_pattern: None)
+
+
+def test_calling_the_reference_scores_zero(wire):
+    cases = {
+        "patch_resid_hook": lambda resid, hook, pos, clean: ref.copy_index(resid, hook, (pos,), clean),
+        "patch_pattern_hook": lambda pattern, hook, head, clean: ref.copy_index(pattern, hook, (head,), clean),
+        "necessary_and_sufficient": ref.necessary_and_sufficient,
+        "path_patch": lambda *args: ref.path_patch(*args).item(),
+        "attribution_patch_heads": lambda model, clean, corrupted, metric: ref.attribution_patch(model, clean, corrupted, metric),
+        "ablate_head": ref.ablate_head,
+    }
+    for gid, cheat in cases.items():
+        with pytest.raises(CheckFailed, match=r"calls the reference `mikit\.patching\."):
+            wire(gid, cheat)
+
+    def engine_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
+        _, target_cache = model.run_with_cache(corrupted_tokens)
+        patches = [(get_act_name("resid_pre", layer), (pos,)) for layer in layers for pos in positions]
+        return ref.run_patches(model, target_cache, clean_cache, metric, patches, progress=False).view(len(layers), -1)
+
+    with pytest.raises(CheckFailed, match=r"calls the reference `mikit\.patching\.run_patches`"):
+        wire("resid_patching_loop", engine_loop, patch_resid_hook)
+
+
+def _answers(value):
+    """`value` with its tensors detached and copied, so that a replay returns what was recorded."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_answers(v) for v in value)
+    if isinstance(value, dict):
+        return {key: _answers(v) for key, v in value.items()}
+    return value
+
+
+def _recorded(fn):
+    """`fn`, recording what it returns, and a function that returns the recorded answers in turn whatever it is given."""
+    answers, calls = [], iter(range(10**6))
+
+    def record(*args, **kwargs):  # the loop's reference calls the hook with keywords (functools.partial)
+        out = fn(*args, **kwargs)
+        answers.append(_answers(out))
+        return out
+
+    def replay(*args, **kwargs):
+        return _answers(answers[next(calls) % len(answers)])
+
+    return record, replay
+
+
+@pytest.mark.parametrize("gid", list(REFERENCE))
+def test_the_visible_answers_fail_the_hidden_test(gid, wire):
+    exercise = checks.EXERCISES[gid]
+    recorders = [_recorded(fn) for fn in REFERENCE[gid]]
+    exercise.check(*(record for record, _ in recorders))  # the visible check, recording the reference's answers
+    for seed in (1, 2, 3):
+        with hidden.active(), hidden_variant(seed), pytest.raises(CheckFailed):
+            exercise.check(*(replay for _, replay in recorders))
+        hidden.reset()
+    with pytest.raises(CheckFailed):
+        wire(gid, *(replay for _, replay in recorders))
+
+
+ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
+
+
+def test_every_exercise_has_two_alternatives():
+    per_function = {name: 0 for exercise in checks.EXERCISES.values() for name in exercise.students}
+    for name in ALTERNATIVES:
+        per_function[name.split("__")[0]] += 1
+    assert min(per_function.values()) >= 2, per_function
+
+
+@pytest.mark.parametrize("name", ALTERNATIVES)
+def test_alternative_passes_visible_and_hidden_checks(name, wire, capsys):
+    function = name.split("__")[0]
+    gid = next(gid for gid, exercise in checks.EXERCISES.items() if function in exercise.students[:1])
+    exercise = checks.EXERCISES[gid]
+    functions = [getattr(alternatives, name), *REFERENCE[gid][1:]]
+    with torch.no_grad():  # the notebook's kernel state
+        exercise.check(*functions)
+    for seed in (1, 2, 3):
+        with hidden.active(), hidden_variant(seed):
+            exercise.check(*functions)
+        hidden.reset()
+    wire(gid, *functions, seed=5)
+    assert capsys.readouterr().out.count("✓") == 5

@@ -2,7 +2,9 @@
 
 The mechanics are checked on tiny random transformers built here (3 layers, one of them with
 grouped-query attention), so a check takes a fraction of a second and holds in either mode; the
-notebook then runs the student's functions on the real model.
+notebook then runs the student's functions on the real model. Under the grader (`hidden_variant`)
+the transformers have other weights, layers and heads, the prompts other tokens and lengths.
+Models, caches and the nnsight wrapper are `@recipe`s, so the student's kernel rebuilds the same ones.
 """
 
 from __future__ import annotations
@@ -18,48 +20,84 @@ from transformer_lens.utilities import get_act_name
 
 from mikit import patching as ref
 from mikit.checks import (
-    CheckFailed, call_student, expect_close, expect_number, expect_tensor, passed, reject_known_mistakes,
+    CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, hook_point, passed,
+    reject_known_mistakes, reveal, seeded, size,
 )
+from mikit.hidden import recipe
 
 Head = tuple[int, int]
 D_VOCAB = 40
+# Path patching's effects in these random models are small (one path through q moves the notebook's metric by
+# 1.3e-4), and a correct solution repeats the reference's operations (differences of 0 to 1e-7): 1e-5 tells
+# them apart where 1e-4 could not.
+PATH_ATOL = 1e-5
 
 
-@lru_cache(maxsize=2)
-def _tiny(n_key_value_heads: int | None = None) -> HookedTransformer:
+def _seed(seed: int) -> int:
+    """`seed` in the notebook; under the grader another one (small enough for numpy, which TL seeds too)."""
+    return seeded(seed).initial_seed() % 2**31
+
+
+@recipe
+@lru_cache(maxsize=8)
+def _tiny(
+    n_key_value_heads: int | None = None, seed: int = 7, n_layers: int = 3, n_heads: int = 4,
+    initializer_range: float = -1.0,
+) -> HookedTransformer:
     cfg = HookedTransformerConfig(
-        n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=D_VOCAB, n_ctx=16, act_fn="gelu",
-        normalization_type="LN", n_key_value_heads=n_key_value_heads, seed=7, device="cpu",
+        n_layers=n_layers, d_model=32, n_heads=n_heads, d_head=8, d_mlp=64, d_vocab=D_VOCAB, n_ctx=16, act_fn="gelu",
+        normalization_type="LN", n_key_value_heads=n_key_value_heads, seed=seed, device="cpu",
+        initializer_range=initializer_range,  # -1: TransformerLens's default, 0.8 / sqrt(d_model)
     )
     return HookedTransformer(cfg).eval()
 
 
-def _tokens() -> tuple[Tensor, Tensor]:
-    """Clean and corrupted prompts (3 × 6) that differ at positions 1 and 3."""
-    generator = torch.Generator().manual_seed(11)
-    clean = torch.randint(0, D_VOCAB, (3, 6), generator=generator)
+def _model(n_key_value_heads: int | None = None) -> HookedTransformer:
+    """The check's transformer: 3 layers × 4 heads in the notebook; other weights and sizes under the grader."""
+    if not hidden():
+        return _tiny(n_key_value_heads, seed=7, n_layers=3, n_heads=4)
+    # Larger weights than TransformerLens's default: sharper attention, so that a path through queries or
+    # keys moves the metric by far more than the checks' tolerance in every variant (at the default scale
+    # some paths move it by 1e-5). Heads stay even for the grouped-query model's 2 kv heads.
+    return _tiny(n_key_value_heads, seed=_seed(7), n_layers=size(3), n_heads=size(4, 2), initializer_range=0.5)
+
+
+def _tokens(batch: int = 3, pos: int = 6, seed: int = 11) -> tuple[Tensor, Tensor]:
+    """Clean and corrupted prompts (3 × 6 in the notebook) that differ at positions 1 and 3."""
+    generator = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, D_VOCAB, (batch, pos), generator=generator)
     corrupted = clean.clone()
     corrupted[:, 1] = (clean[:, 1] + 1) % D_VOCAB
     corrupted[:, 3] = (clean[:, 3] + 5) % D_VOCAB
     return clean, corrupted
 
 
+def _prompts() -> tuple[int, int, int]:
+    """(batch, pos, seed) of the check's prompts."""
+    return size(3), size(6), _seed(11)
+
+
 def _metric(logits: Tensor) -> Tensor:
     return logits[:, -1, 7].mean() - logits[:, -1, 3].mean()
 
 
-def _hook(name: str) -> HookPoint:
-    hook = HookPoint()
-    hook.name = name
-    return hook
-
-
-def _caches(model: HookedTransformer) -> tuple[Tensor, Tensor, ActivationCache, ActivationCache]:
-    clean, corrupted = _tokens()
+@recipe
+def _caches(
+    model: HookedTransformer, batch: int = 3, pos: int = 6, seed: int = 11
+) -> tuple[Tensor, Tensor, ActivationCache, ActivationCache]:
+    clean, corrupted = _tokens(batch, pos, seed)
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(clean)
         _, corrupted_cache = model.run_with_cache(corrupted)
     return clean, corrupted, clean_cache, corrupted_cache
+
+
+@recipe
+def _traced(model: HookedTransformer) -> Any:
+    """`model` wrapped for nnsight, as the notebook's `nn_model`."""
+    from nnsight import NNsight
+
+    return NNsight(model)
 
 
 def _run_hook(fn: Callable, name: str, activation: Tensor, *args: Any) -> Tensor:
@@ -73,11 +111,12 @@ def patch_resid_hook(fn: Callable) -> None:
     """Exercise 1: a hook that patches the residual stream at one position."""
     __tracebackhide__ = True
     name = "patch_resid_hook"
-    generator = torch.Generator().manual_seed(1)
-    for pos in (2, 4):
-        resid, clean = torch.randn(5, 6, 8, generator=generator), torch.randn(5, 6, 8, generator=generator)
+    generator = seeded(1)
+    shape = (size(5), size(6), size(8))  # batch pos d_model
+    for pos in (2, shape[1] - 2):
+        resid, clean = torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator)
         clean_before = clean.clone()
-        hook = _hook("blocks.1.hook_resid_pre")
+        hook = hook_point("blocks.1.hook_resid_pre")
         got = expect_tensor(_run_hook(fn, name, resid.clone(), hook, pos, clean), name, resid.shape, "batch pos d_model")
         if not torch.equal(clean, clean_before):
             raise CheckFailed("your hook changed clean_resid: write into the activation it is given, not into the clean one")
@@ -101,12 +140,10 @@ def patch_resid_hook(fn: Callable) -> None:
 def patch_resid_nnsight(fn: Callable) -> None:
     """Exercise 2: the same patch as an nnsight trace, returning the patched logits."""
     __tracebackhide__ = True
-    from nnsight import NNsight
-
     name = "patch_resid_nnsight"
-    model = _tiny()
-    clean, corrupted, clean_cache, _ = _caches(model)
-    traced = NNsight(model)
+    model = _model()
+    clean, corrupted, clean_cache, _ = _caches(model, *_prompts())
+    traced = _traced(model)
 
     def tl_patch(layer: int, positions) -> Tensor:
         def hook(resid: Tensor, hook: HookPoint) -> Tensor:
@@ -116,7 +153,7 @@ def patch_resid_nnsight(fn: Callable) -> None:
         with torch.no_grad():
             return model.run_with_hooks(corrupted, fwd_hooks=[(get_act_name("resid_pre", layer), hook)])
 
-    for layer, pos in ((1, 1), (0, 3)):
+    for layer, pos in ((model.cfg.n_layers - 2, corrupted.shape[1] - 5), (0, 3)):
         out = call_student(fn, name, traced, corrupted, clean_cache, layer, pos)
         if not isinstance(out, Tensor):
             raise CheckFailed(
@@ -142,9 +179,9 @@ def resid_patching_loop(fn: Callable, patch_hook: Callable) -> None:
     """Exercise 3: one forward pass per (layer, position), with the hook from exercise 1."""
     __tracebackhide__ = True
     name = "resid_patching_loop"
-    model = _tiny()
-    clean, corrupted, clean_cache, _ = _caches(model)
-    layers, positions = [0, 2], [1, 3, 4]
+    model = _model()
+    clean, corrupted, clean_cache, _ = _caches(model, *_prompts())
+    layers, positions = [0, model.cfg.n_layers - 1], [1, 3, corrupted.shape[1] - 2]
     got = expect_tensor(
         call_student(fn, name, model, corrupted, clean_cache, _metric, layers, positions, patch_hook),
         name, (len(layers), len(positions)), "layer pos",
@@ -182,11 +219,12 @@ def patch_pattern_hook(fn: Callable) -> None:
     """Exercise 4: a hook that patches one head's attention pattern."""
     __tracebackhide__ = True
     name = "patch_pattern_hook"
-    generator = torch.Generator().manual_seed(2)
-    for head in (1, 3):
-        pattern = torch.rand(2, 4, 5, 5, generator=generator).softmax(-1)
-        clean = torch.rand(2, 4, 5, 5, generator=generator).softmax(-1)
-        hook = _hook("blocks.0.attn.hook_pattern")
+    generator = seeded(2)
+    batch, heads, pos = size(2), size(4), size(5)
+    for head in (1, heads - 1):
+        pattern = torch.rand(batch, heads, pos, pos, generator=generator).softmax(-1)
+        clean = torch.rand(batch, heads, pos, pos, generator=generator).softmax(-1)
+        hook = hook_point("blocks.0.attn.hook_pattern")
         got = expect_tensor(_run_hook(fn, name, pattern.clone(), hook, head, clean), name, pattern.shape, "batch head q k")
         want = ref.copy_index(pattern.clone(), hook, (head,), clean)
         query_axis, every = pattern.clone(), clean.clone()
@@ -215,7 +253,18 @@ def necessary_and_sufficient(fn: Callable) -> None:
     name = "necessary_and_sufficient"
     denoised = torch.tensor([[float("nan")] * 4, [0.02, 0.35, -0.30, 0.10], [0.25, 0.05, 0.60, -0.01]])
     noised = torch.tensor([[float("nan")] * 4, [0.95, 0.55, 1.30, 0.70], [0.98, 1.01, 0.40, 0.90]])
-    threshold = 0.2
+    threshold, negative = 0.2, (1, 2)  # `negative`: a head whose clean value makes things worse, both ways
+    if hidden():
+        generator = seeded(5)
+        layers, heads = size(3), size(4)
+        threshold = 0.15 + 0.2 * torch.rand((), generator=generator).item()
+        denoised = torch.rand(layers, heads, generator=generator) * 0.8 - 0.1
+        noised = torch.rand(layers, heads, generator=generator) * 0.8 + 0.3
+        negative = (1, heads - 2)
+        denoised[negative], noised[negative] = -threshold - 0.1, 1 + threshold + 0.1
+        # sufficient but not necessary, so that swapping the two lists is always wrong
+        denoised[layers - 1, 0], noised[layers - 1, 0] = threshold + 0.3, 1 - threshold / 2
+        denoised[0], noised[0] = float("nan"), float("nan")
     out = call_student(fn, name, denoised.clone(), noised.clone(), threshold)
     if not isinstance(out, dict) or set(out) != {"sufficient", "necessary"}:
         raise CheckFailed(f"`{name}` should return a dict with the keys 'sufficient' and 'necessary'.")
@@ -230,14 +279,17 @@ def necessary_and_sufficient(fn: Callable) -> None:
     ):
         raise CheckFailed("noising starts from the clean run (1): a necessary head is one whose corruption "
                           "lowers the metric by at least the threshold, 1 - noised >= threshold")
-    if (1, 2) in got["sufficient"] or (1, 2) in got["necessary"]:
+    if negative in got["sufficient"] or negative in got["necessary"]:
         raise CheckFailed("a head whose clean value makes things worse (negative denoising, noising above 1) is "
                           "neither sufficient nor necessary: do not take absolute values")
     if any(layer == 0 for heads in got.values() for layer, _ in heads):
         raise CheckFailed("layer 0 was not swept (NaN): NaN compares False, so keep comparisons as >= threshold")
     for key in ("sufficient", "necessary"):
         if got[key] != want[key]:
-            raise CheckFailed(f"your {key} heads are {sorted(got[key])}, expected {sorted(want[key])}")
+            raise CheckFailed(
+                f"your {key} heads are wrong" + reveal(f": {sorted(got[key])}, expected {sorted(want[key])}")
+                + ("; sufficient: denoised >= threshold" if key == "sufficient" else "; necessary: 1 - noised >= threshold")
+            )
     passed(name)
 
 
@@ -245,10 +297,13 @@ def path_patch(fn: Callable) -> None:
     """Exercise 6: path patching into the receivers' queries, keys or values, in a grouped-query model."""
     __tracebackhide__ = True
     name = "path_patch"
-    model = _tiny(n_key_value_heads=2)  # 4 query heads share 2 key/value heads: head h reads kv head h // 2
-    _, _, clean_cache, corrupted_cache = _caches(model)
-    senders = [(0, 1), (1, 2)]
-    for receivers in ([(2, 1)], [(2, 0), (2, 3)]):
+    model = _model(n_key_value_heads=2)  # in the notebook 4 query heads share 2 kv heads: head h reads kv head h // 2
+    _, _, clean_cache, corrupted_cache = _caches(model, *_prompts())
+    last, n_heads, n_kv = model.cfg.n_layers - 1, model.cfg.n_heads, model.cfg.n_key_value_heads
+    group = n_heads // n_kv
+    senders = [(0, 1), (last - 1, 2)]
+    # Head 1 reads kv head 0 but is a valid kv index itself, so the usual indexing mistakes give other numbers.
+    for receivers in ([(last, 1)], [(last, 0), (last, n_heads - 1)]):
         for receiver_input in ("q", "k", "v"):
             try:
                 out = call_student(fn, name, model, clean_cache, corrupted_cache, _metric, senders, receivers, receiver_input)
@@ -259,24 +314,32 @@ def path_patch(fn: Callable) -> None:
                 ) from None
             got = expect_number(out, name)
             want = ref.path_patch(model, clean_cache, corrupted_cache, _metric, senders, receivers, receiver_input).item()
-            same_index = [(layer, head * 2 if receiver_input != "q" else head) for layer, head in receivers if head * 2 < 4]
-            wrongs = {
-                "you patched the wrong key/value head: query head h reads kv head h // group, with "
-                "group = n_heads // n_key_value_heads":
-                    ref.path_patch(model, clean_cache, corrupted_cache, _metric, senders, same_index, receiver_input).item()
-                    if receiver_input != "q" and same_index else None,
+            wrong_kv = "you patched the wrong key/value head: query head h reads kv head h // group, with " \
+                "group = n_heads // n_key_value_heads"
+            wrongs = [(
+                _activation_patch(model, clean_cache, corrupted_cache, senders).item(),
                 "you patched the senders' outputs and let every other head recompute (activation patching): path "
-                "patching freezes every other head at its clean output in the first run":
-                    _activation_patch(model, clean_cache, corrupted_cache, senders).item(),
-            }
-            for message, wrong in wrongs.items():
-                if wrong is not None and abs(got - wrong) < 1e-4 and abs(got - want) > 1e-4:
+                "patching freezes every other head at its clean output in the first run",
+            )]
+            if receiver_input != "q":
+                # kv head h (the query head's own index) or h % n_kv instead of h // group; the reference patches
+                # kv head h' // group of a receiver h', so receiver kv * group stands for kv head `kv`.
+                for kv_index in (lambda head: head, lambda head: head % n_kv):
+                    if all(kv_index(head) < n_kv for _, head in receivers):
+                        wrong = [(layer, kv_index(head) * group) for layer, head in receivers]
+                        wrongs.append((
+                            ref.path_patch(model, clean_cache, corrupted_cache, _metric, senders, wrong, receiver_input)
+                            .item(), wrong_kv,
+                        ))
+            for wrong, message in wrongs:
+                if abs(got - wrong) < PATH_ATOL and abs(got - want) > PATH_ATOL:
                     raise CheckFailed(message)
-            if abs(got - want) > 1e-4:
+            if abs(got - want) > PATH_ATOL:
                 raise CheckFailed(
-                    f"with receiver_input='{receiver_input}' and receivers {receivers} you got {got:.4f}, expected "
-                    f"{want:.4f}: run 1 freezes every head but the senders and records the receivers' hook_"
-                    f"{receiver_input}; run 2 is the clean run with only those replaced"
+                    f"with receiver_input='{receiver_input}'" + reveal(f" and receivers {receivers}")
+                    + f" you got {got:.4f}" + reveal(f", expected {want:.4f}") + ": run 1 freezes every head but the "
+                    f"senders and records the receivers' hook_{receiver_input}; run 2 is the clean run with only those "
+                    "replaced"
                 )
     passed(name, "queries, keys and values, with grouped-query attention")
 
@@ -298,8 +361,8 @@ def attribution_patch_heads(fn: Callable) -> None:
     """Exercise 7: attribution patching of every head's output (denoising)."""
     __tracebackhide__ = True
     name = "attribution_patch_heads"
-    model = _tiny()
-    clean, corrupted = _tokens()
+    model = _model()
+    clean, corrupted = _tokens(*_prompts())
     got = expect_tensor(
         call_student(fn, name, model, clean, corrupted, _metric), name,
         (model.cfg.n_layers, model.cfg.n_heads), "layer head",
@@ -325,11 +388,16 @@ def ablate_head(fn: Callable) -> None:
     """Exercise 8: zero, mean and resample ablation of one head."""
     __tracebackhide__ = True
     name = "ablate_head"
-    generator = torch.Generator().manual_seed(3)
-    z = torch.randn(4, 5, 3, 2, generator=generator) + 1.0
-    reference = torch.randn(6, 5, 3, 2, generator=generator) - 1.0
+    generator = seeded(3)
+    batch, pos, heads, d_head, n_reference = size(4), size(5), size(3), size(2), size(6)
+    z = torch.randn(batch, pos, heads, d_head, generator=generator) + 1.0
+    reference = torch.randn(n_reference, pos, heads, d_head, generator=generator) - 1.0
     perm = torch.tensor([5, 2, 0, 3])
-    hook, head = _hook("blocks.0.attn.hook_z"), 1
+    if hidden():  # a random permutation, never the first prompts in order (that is a mistake the check names)
+        perm = torch.randperm(n_reference, generator=generator)[:batch]
+        if torch.equal(perm, torch.arange(batch)):
+            perm = perm.flip(0)
+    hook, head = hook_point("blocks.0.attn.hook_z"), heads - 2
     for method in ("zero", "mean", "resample"):
         got = expect_tensor(_run_hook(fn, name, z.clone(), hook, head, method, reference, perm), name, z.shape,
                             "batch pos head d_head")
@@ -351,5 +419,25 @@ def ablate_head(fn: Callable) -> None:
                                                      "not of reference prompt i"),
             (replaced(z[perm.clamp(max=len(z) - 1), :, head]), "resample: take the outputs from reference_z, not from z"),
         ], want)
-        expect_close(got, want, name, hint=f"{method} ablation of head {head}")
+        expect_close(got, want, name, hint=f"{method} ablation" + reveal(f" of head {head}"))
     passed(name)
+
+
+EXERCISES = {
+    "patch_resid_hook": Exercise(patch_resid_hook, ("patch_resid_hook",), forbidden=(ref.copy_index,)),
+    "patch_resid_nnsight": Exercise(patch_resid_nnsight, ("patch_resid_nnsight",), forbidden=(ref._forward,)),
+    "resid_patching_loop": Exercise(
+        resid_patching_loop, ("resid_patching_loop", "patch_resid_hook"),
+        forbidden=(ref.patch_residual, ref.run_patches, ref._sweep, ref._forward),
+    ),
+    "patch_pattern_hook": Exercise(patch_pattern_hook, ("patch_pattern_hook",), forbidden=(ref.copy_index,)),
+    "necessary_and_sufficient": Exercise(
+        necessary_and_sufficient, ("necessary_and_sufficient",), forbidden=(ref.necessary_and_sufficient,)
+    ),
+    "path_patch": Exercise(path_patch, ("path_patch",), forbidden=(ref.path_patch, ref._path_patch_nnsight)),
+    "attribution_patch_heads": Exercise(
+        attribution_patch_heads, ("attribution_patch_heads",),
+        forbidden=(ref.attribution_patch, ref._gradients_tl, ref._gradients_nnsight),
+    ),
+    "ablate_head": Exercise(ablate_head, ("ablate_head",), forbidden=(ref.ablate_head,)),
+}
