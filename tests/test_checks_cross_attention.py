@@ -1,16 +1,57 @@
-"""Notebook 05's checks accept correct solutions and reject plausible wrong ones with a helpful message."""
+"""Notebook 05's checks accept correct solutions and reject plausible wrong ones with a helpful message,
+in the notebook and as the grader's hidden tests (other seeds, shapes and indices; arguments sent as data)."""
 
+import inspect
+import json
+from contextlib import nullcontext
+
+import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mikit.checks import CheckFailed
+from alternatives import cross_attention as alternatives  # tests/alternatives/
+from mikit import hidden
+from mikit.build import NOTEBOOKS
+from mikit.checks import CheckFailed, hidden_variant
 from mikit.checks import cross_attention as check
+from mikit.xattn import attention as xattn_attention
+from mikit.xattn import binding as xattn_binding
+from mikit.xattn import captioner as xattn_captioner
+from mikit.xattn import diffusers_attention as xattn_diffusers
+
+HIDDEN_SEEDS = (1, 2, 3)
+
+
+@pytest.fixture(autouse=True)
+def forget_recipes():
+    yield
+    hidden.reset()
+
+
+@pytest.fixture(params=[0, 2], ids=["notebook", "hidden"])
+def variant(request):
+    """Each wrong-implementation test runs as in the notebook and as the grader's hidden test."""
+    with (hidden.active() if request.param else nullcontext()), (hidden_variant(request.param) if request.param else nullcontext()):
+        yield request.param
 
 
 def fails(check_fn, *args, match):
     with pytest.raises(CheckFailed, match=match):
         check_fn(*args)
+
+
+def wire(fn):
+    """`fn` called as the grader calls a student's function: arguments and result through the codec, as JSON text."""
+
+    def call(*args):
+        tensors = {}
+        payload = json.loads(json.dumps(hidden.encode(list(args), tensors)))
+        result = fn(*hidden.decode(payload, {key: value.clone() for key, value in tensors.items()}))
+        out = {}
+        return hidden.decode(json.loads(json.dumps(hidden.encode(result, out))), out)
+
+    return call
 
 
 def stub(*args):
@@ -27,7 +68,7 @@ def probs(q, k, padding, scale=None, dim=-1, mask=True):
     return scores.softmax(dim)
 
 
-def test_cross_attention_probs():
+def test_cross_attention_probs(variant):
     check.cross_attention_probs(probs)
     fails(check.cross_attention_probs, lambda q, k, p: probs(q, k, p, scale=1.0), match="√d_head")
     fails(check.cross_attention_probs, lambda q, k, p: probs(q, k, p, scale=1 / q.shape[-1]), match="not 1/d_head")
@@ -40,7 +81,7 @@ def test_cross_attention_probs():
 # ---- exercise 2: a word's grid ----------------------------------------------------------------------
 
 
-def test_word_grid():
+def test_word_grid(variant):
     check.word_grid(lambda maps, w: maps[..., w + 1].unflatten(-1, (8, 8)))
     fails(check.word_grid, lambda maps, w: maps[..., w].unflatten(-1, (8, 8)), match="i \\+ 1")
     fails(check.word_grid, lambda maps, w: maps[..., w + 1].unflatten(-1, (8, 8)).transpose(-1, -2), match="transposed")
@@ -65,7 +106,7 @@ def heatmap(maps, token, mode="bilinear", normalise="prompt"):
     return heat
 
 
-def test_daam_heatmap():
+def test_daam_heatmap(variant):
     check.daam_heatmap(heatmap)
     fails(check.daam_heatmap, lambda m, t: heatmap(m, t, normalise=None), match="maximum of 1")
     fails(check.daam_heatmap, lambda m, t: heatmap(m, t, normalise="all"), match="each prompt separately")
@@ -89,12 +130,12 @@ def miou(heat, masks, threshold, kind="iou"):
     return (inter / (predicted | masks).flatten(1).sum(-1)).mean().item()
 
 
-def test_mean_iou():
+def test_mean_iou(variant):
     check.mean_iou(miou)
     fails(check.mean_iou, lambda h, m, t: miou(h, m, t, "pooled"), match="each object")
     fails(check.mean_iou, lambda h, m, t: miou(h, m, t, "dice"), match="Dice")
     fails(check.mean_iou, lambda h, m, t: miou(h, m, t, "recall"), match="union")
-    fails(check.mean_iou, lambda h, m, t: miou(h, m, 0.6), match="expected")
+    fails(check.mean_iou, lambda h, m, t: miou(h, m, 0.6), match="IoU = ")
     fails(check.mean_iou, lambda h, m, t: "0.5", match="single number")
 
 
@@ -110,7 +151,7 @@ def weakest(maps, candidates, reduce="max", pick=min):
     return chosen
 
 
-def test_weakest_token():
+def test_weakest_token(variant):
     check.weakest_token(weakest)
     check.weakest_token(lambda m, c: torch.tensor(weakest(m, c)))
     fails(check.weakest_token, lambda m, c: weakest(m, c, pick=max), match="strongest")
@@ -132,7 +173,7 @@ def reweight(pattern, tokens, factor, n_prompts, rows=None, renormalise=True):
     return pattern
 
 
-def test_reweight():
+def test_reweight(variant):
     check.reweight(reweight)
     fails(check.reweight, lambda p, t, f, n: reweight(p, t, f, n, rows=p.shape[0]), match="unconditional")
     fails(check.reweight, lambda p, t, f, n: reweight(p, t, f, n, renormalise=False), match="renormalise")
@@ -157,7 +198,7 @@ def attn2(attn, hidden, context, cfg, half="second", scale=True, keys="text", sp
     return probs[probs.shape[0] // 2:] if half == "second" else probs[: probs.shape[0] // 2]
 
 
-def test_attn2_probs():
+def test_attn2_probs(variant):
     check.attn2_probs(attn2)
     fails(check.attn2_probs, lambda *a: attn2(*a, half="first"), match="unconditional")
     fails(check.attn2_probs, lambda *a: attn2(*a, scale=False), match="attn.scale")
@@ -169,10 +210,141 @@ def test_attn2_probs():
 # ---- exercise 7: image attention share ---------------------------------------------------------------
 
 
-def test_image_attention_share():
+def test_image_attention_share(variant):
     check.image_attention_share(lambda p, n: p[..., :n].sum(-1))
     fails(check.image_attention_share, lambda p, n: p[..., n:].sum(-1), match="text tokens")
     fails(check.image_attention_share, lambda p, n: p[..., :n].mean(-1), match="mean")
     fails(check.image_attention_share, lambda p, n: p[..., : n + 1].sum(-1), match="keys 0 to n_image - 1")
     fails(check.image_attention_share, lambda p, n: p[..., :n, :].sum(-2), match="not over the queries")
     fails(check.image_attention_share, lambda p, n: p[..., :n].sum(-1)[:, 0], match="shape")
+
+
+# ---- hidden tests ------------------------------------------------------------------------------------
+
+# A correct function per exercise: the kit's reference where it has one, else this file's.
+REFERENCES = {
+    "cross_attention_probs": probs,
+    "word_grid": lambda maps, w: maps[..., w + 1].unflatten(-1, (8, 8)),
+    "daam_heatmap": xattn_attention.word_heatmap,
+    "mean_iou": xattn_attention.mean_iou,
+    "weakest_token": weakest,
+    "reweight": xattn_binding.reweight_pattern,
+    "image_attention_share": xattn_captioner.image_attention_share,
+    "attn2_probs": attn2,
+}
+
+
+def run_hidden(grade_id, fn, seed):
+    exercise = check.EXERCISES[grade_id]
+    with hidden.active(), hidden_variant(seed):
+        exercise.check(wire(fn), *exercise.context())
+
+
+def test_exercises_are_the_notebooks_check_cells():
+    nb = nbformat.read(NOTEBOOKS / "05_cross_attention.ipynb", as_version=4)
+    cells = {c.metadata.nbgrader["grade_id"]: c.source.strip() for c in nb.cells
+             if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
+    assert set(cells) == set(check.EXERCISES)
+    for grade_id, exercise in check.EXERCISES.items():
+        assert cells[grade_id] == f"check.{exercise.check.__name__}({', '.join(exercise.students)})"
+        for fn in exercise.forbidden:  # the kernel finds each forbidden function by its qualified name
+            assert inspect.unwrap(hidden._resolve(hidden._qualified(fn))) is inspect.unwrap(fn)
+
+
+@pytest.mark.parametrize("grade_id", list(REFERENCES))
+def test_reference_passes_hidden_variants(grade_id, capsys):
+    for seed in HIDDEN_SEEDS:
+        run_hidden(grade_id, REFERENCES[grade_id], seed)
+    assert capsys.readouterr().out.count("✓") == len(HIDDEN_SEEDS)
+
+
+def answers(grade_id, fn):
+    """The arguments the check passes and what `fn` returned for them, once per call."""
+    seen = []
+
+    def record(*args):
+        seen.append((args, fn(*args)))
+        return seen[-1][1]
+
+    check.EXERCISES[grade_id].check(record, *check.EXERCISES[grade_id].context())
+    return seen
+
+
+@pytest.mark.parametrize("grade_id", list(REFERENCES))
+def test_hidden_inputs_differ_and_the_visible_answer_fails_them(grade_id):
+    (visible_args, visible_answer), = answers(grade_id, REFERENCES[grade_id])
+    with hidden.active(), hidden_variant(1):
+        (hidden_args, _), = answers(grade_id, REFERENCES[grade_id])
+    tensors = [(a, b) for a, b in zip(visible_args, hidden_args) if isinstance(a, torch.Tensor)]
+    assert tensors and all(a.shape != b.shape for a, b in tensors)  # other shapes, so other values too
+    for seed in HIDDEN_SEEDS:
+        with pytest.raises(CheckFailed):
+            run_hidden(grade_id, lambda *args: visible_answer, seed)
+
+
+def test_hidden_messages_do_not_reveal_the_reference():
+    with hidden.active(), hidden_variant(1):
+        with pytest.raises(CheckFailed) as failure:
+            check.mean_iou(lambda h, m, t: miou(h, m, 0.6))
+        assert "expected" not in str(failure.value)
+        with pytest.raises(CheckFailed) as failure:
+            check.weakest_token(lambda m, c: [tokens[-1] for tokens in c])
+        assert "expected" not in str(failure.value) and "[" not in str(failure.value)
+
+
+def test_weakest_token_hidden_inputs_separate_the_known_mistakes():
+    # Under every hidden seed the strongest pick, the mean pick and the answer differ, so each mistake is named.
+    for seed in HIDDEN_SEEDS:
+        with hidden.active(), hidden_variant(seed):
+            fails(check.weakest_token, lambda m, c: weakest(m, c, pick=max), match="strongest")
+            fails(check.weakest_token, lambda m, c: weakest(m, c, reduce="mean"), match="peaks")
+
+
+def test_attn2_layer_is_rebuilt_from_its_recipe_in_another_process():
+    with hidden.active():
+        _, attn, _ = check.unet_attn2(7)
+        tensors = {}
+        payload = json.loads(json.dumps(hidden.encode(attn, tensors)))
+        assert not tensors and "__recipe__" in payload
+        weights = {name: value.clone() for name, value in attn.state_dict().items()}
+        hidden.reset()  # as in the kernel: nothing built yet
+        torch.manual_seed(123)  # whatever the kernel's global generator holds
+        rebuilt = hidden.decode(payload, {})
+    assert rebuilt is not attn and rebuilt.heads == attn.heads
+    assert all(torch.equal(rebuilt.state_dict()[name], value) for name, value in weights.items())
+
+
+def test_the_guard_sees_the_storing_processor_called_for_attn2_probs():
+    def via_the_kits_processor(attn, hidden_states, context, cfg):
+        recorded = {}
+        xattn_diffusers.StoreCrossAttention("attn2", lambda _, p: recorded.update(p=p))(
+            attn, hidden_states, encoder_hidden_states=context)
+        return recorded["p"][hidden_states.shape[0] // 2:] if cfg else recorded["p"]
+
+    forbidden = [hidden._qualified(fn) for fn in check.EXERCISES["attn2_probs"].forbidden]
+    attn, hidden_states, context, _ = check._attn2_inputs(batch=2)
+    with hidden._Guard(forbidden) as guard:
+        via_the_kits_processor(attn, hidden_states, context, True)
+    assert guard.called == ["mikit.xattn.diffusers_attention.StoreCrossAttention.__call__"]
+    with hidden._Guard(forbidden) as guard:
+        attn2(attn, hidden_states, context, True)
+    assert guard.called == []
+
+
+ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
+
+
+def test_every_exercise_has_two_alternatives():
+    per_exercise = {grade_id: 0 for grade_id in check.EXERCISES}
+    for name in ALTERNATIVES:
+        per_exercise[name.split("__")[0]] += 1
+    assert min(per_exercise.values()) >= 2, per_exercise
+
+
+@pytest.mark.parametrize("name", ALTERNATIVES)
+def test_alternative_passes_visible_and_hidden_checks(name, capsys):
+    grade_id, fn = name.split("__")[0], getattr(alternatives, name)
+    check.EXERCISES[grade_id].check(fn)
+    for seed in HIDDEN_SEEDS:
+        run_hidden(grade_id, fn, seed)
+    assert capsys.readouterr().out.count("✓") == 1 + len(HIDDEN_SEEDS)

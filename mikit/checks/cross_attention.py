@@ -1,7 +1,9 @@
 """Checks for notebook 05 (cross-attention in text-to-image models and a captioner).
 
 Each check runs the student's function on small inputs built here (a tiny random TinyT2I, random
-attention maps with a known structure) and compares it with `mikit.xattn`; each takes well under a second.
+attention maps with a known structure, one cross-attention layer of a tiny random UNet) and compares it
+with `mikit.xattn`; each takes well under a second. Under the grader (`hidden_variant`) the seeds, the
+shapes and the indices change, and the UNet layer travels as its recipe (`unet_attn2`).
 """
 
 from __future__ import annotations
@@ -13,36 +15,49 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mikit.checks import (
-    CheckFailed, call_student, expect_close, expect_number, expect_tensor, passed, reject_known_mistakes,
+    CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, passed,
+    reject_known_mistakes, reveal, seeded, size,
 )
+from mikit.hidden import recipe
+from mikit.xattn import attention as xattn_attention
+from mikit.xattn import binding as xattn_binding
+from mikit.xattn import captioner as xattn_captioner
+from mikit.xattn import diffusers_attention as xattn_diffusers
 from mikit.xattn.attention import iou, upsample, word_heatmap
 from mikit.xattn.binding import reweight_pattern, token_strength
 from mikit.xattn.model import TinyT2I, TinyT2IConfig
 from mikit.xattn.training import SceneData
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _seed(seed: int) -> int:
+    """`seed` in the notebook; under the grader the hidden seed's shift of it (for functions that take an int)."""
+    return seeded(seed).initial_seed()
 
 
 def _maps(seed: int, steps: int = 3, layers: int = 2, prompts: int = 3, heads: int = 2, words: int = 7) -> Tensor:
     """Random cross-attention maps (step, layer, prompt, head, patch, word) whose rows sum to 1 over words."""
-    scores = torch.randn(steps, layers, prompts, heads, 64, words, generator=_gen(seed)) * 2
+    scores = torch.randn(steps, layers, prompts, heads, 64, words, generator=seeded(seed)) * 2
     return scores.softmax(-1)
+
+
+def _hidden_maps(seed: int, words: int = 7, prompts: int = 3) -> Tensor:
+    """`_maps` with every axis but the 64 patches (8 × 8, as in the exercises) resized under the grader."""
+    return _maps(seed, size(3), size(2), size(prompts), size(2), size(words))
 
 
 def cross_attention_probs(fn: Callable) -> None:
     """Exercise 1: attention probabilities from queries and keys, with caption padding masked out."""
     __tracebackhide__ = True
     name = "cross_attention_probs"
-    torch.manual_seed(0)
-    model = TinyT2I(TinyT2IConfig(d_model=32, n_heads=4, n_layers=1, d_mlp=64)).eval()
+    batch, n_heads, d_head = size(3), size(4), size(8, 4)  # d_model = n_heads · d_head stays a multiple of 4
+    torch.manual_seed(_seed(0))
+    model = TinyT2I(TinyT2IConfig(d_model=n_heads * d_head, n_heads=n_heads, n_layers=1, d_mlp=64)).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=_gen(1)) * 0.3)
-    data = SceneData.generate(3, seed=2)  # captions of different lengths: padding differs per row
+            p.add_(torch.randn(p.shape, generator=seeded(1)) * 0.3)
+    data = SceneData.generate(batch, seed=_seed(2))  # captions of different lengths: padding differs per row
     with torch.no_grad():
-        _, cache = model.run_with_cache(data.images, torch.full((3,), 0.5), data.captions)
+        _, cache = model.run_with_cache(data.images, torch.full((batch,), 0.5), data.captions)
     q, k = cache["blocks.0.cross_attn.hook_q"], cache["blocks.0.cross_attn.hook_k"]
     padding = data.captions == 0
     want = cache["blocks.0.cross_attn.hook_pattern"]
@@ -51,8 +66,8 @@ def cross_attention_probs(fn: Callable) -> None:
     masked = lambda s: s.masked_fill(padding[:, None, None, :], float("-inf"))  # noqa: E731
     reject_known_mistakes(got, [
         (masked(scores).softmax(-1), "you forgot to divide the scores by √d_head before the softmax"),
-        (masked(scores / 8).softmax(-1), "scale the scores by 1/√d_head (d_head = q.shape[-1]), not 1/d_head"),
-        ((scores / 8**0.5).softmax(-1), "padding words get attention: set their scores to -inf before the softmax"),
+        (masked(scores / d_head).softmax(-1), "scale the scores by 1/√d_head (d_head = q.shape[-1]), not 1/d_head"),
+        ((scores / d_head**0.5).softmax(-1), "padding words get attention: set their scores to -inf before the softmax"),
     ], want)
     if got.isnan().any():
         raise CheckFailed(f"`{name}` returned NaN: the softmax must run over the words (keys, the last axis); a padding "
@@ -67,8 +82,9 @@ def word_grid(fn: Callable) -> None:
     """Exercise 2: one caption word's attention maps as 8 × 8 image grids."""
     __tracebackhide__ = True
     name = "word_grid"
-    maps = _maps(3)
-    word_index = 2  # the third caption word is token 3: <bos> is token 0
+    maps = _hidden_maps(3)
+    # the third caption word is token 3 (<bos> is token 0); under the grader another word
+    word_index = 2 if not hidden() else int(torch.randint(0, maps.shape[-1] - 2, (1,), generator=seeded(30)))
     want = maps[..., word_index + 1].reshape(*maps.shape[:4], 8, 8)
     got = expect_tensor(call_student(fn, name, maps, word_index), name, want.shape, "step layer prompt head row column")
     reject_known_mistakes(got, [
@@ -83,9 +99,9 @@ def daam_heatmap(fn: Callable) -> None:
     """Exercise 3: average over steps, layers and heads, upsample bilinearly to 32 × 32, scale to max 1."""
     __tracebackhide__ = True
     name = "daam_heatmap"
-    maps = _maps(4)
+    maps = _hidden_maps(4)
     maps[:, :, 1] *= 0.2  # prompt 1 attends weakly: per-prompt normalisation matters
-    token = 3
+    token = 3 if not hidden() else int(torch.randint(1, maps.shape[-1], (1,), generator=seeded(40)))
     want = word_heatmap(maps, token)
     got = expect_tensor(call_student(fn, name, maps, token), name, want.shape, "prompt 32 32")
     mean = maps[..., token].mean(dim=(0, 1, 3))  # (prompt, patch)
@@ -107,11 +123,12 @@ def mean_iou(fn: Callable) -> None:
     """Exercise 4: threshold the heatmaps and average the per-object IoU with the true masks."""
     __tracebackhide__ = True
     name = "mean_iou"
-    generator = _gen(5)
-    heat = upsample(torch.rand(6, 64, generator=generator) ** 3)
+    generator = seeded(5)
+    n = size(6)
+    heat = upsample(torch.rand(n, 64, generator=generator) ** 3)
     heat = heat / heat.flatten(1).amax(-1)[:, None, None]
-    masks = torch.rand(6, 32, 32, generator=generator) < torch.linspace(0.05, 0.6, 6)[:, None, None]
-    threshold = 0.4
+    masks = torch.rand(n, 32, 32, generator=generator) < torch.linspace(0.05, 0.6, n)[:, None, None]
+    threshold = 0.4 if not hidden() else round(0.25 + 0.3 * float(torch.rand(1, generator=seeded(50))), 3)
     got = expect_number(call_student(fn, name, heat, masks, threshold), name)
     predicted = heat >= threshold
     want = sum(iou(p, m) for p, m in zip(predicted, masks)) / len(masks)
@@ -124,25 +141,47 @@ def mean_iou(fn: Callable) -> None:
         if abs(got - wrong) < 1e-6 and abs(wrong - want) > 1e-6:
             raise CheckFailed(message)
     if abs(got - want) > 1e-6:
-        raise CheckFailed(f"`{name}` gave {got:.4f}, expected {want:.4f}: predicted mask = heat ≥ threshold; IoU = |A∩B| / |A∪B|, averaged over objects.")
+        raise CheckFailed(f"`{name}` gave {got:.4f}" + reveal(f", expected {want:.4f}") + ": predicted mask = heat ≥ "
+                          "threshold; IoU = |A∩B| / |A∪B|, averaged over objects.")
     passed(name)
+
+
+def _weakest_token_inputs() -> tuple[Tensor, list[list[int]]]:
+    """Maps and candidate tokens per prompt where the peak, the mean and the strongest token disagree."""
+    if not hidden():
+        maps = _maps(6, prompts=4, words=9)
+        candidates = [[2, 5], [3, 6, 8], [4, 7], [2, 4, 6]]
+        # Make "peak" and "mean" disagree: one token gets a single sharp peak, another a broad weak spread.
+        maps[:, :, 0, :, 10, 2] += 2.0
+        maps[:, :, 0, :, :, 5] += 0.12
+        return maps, candidates
+    maps = _hidden_maps(6, words=9, prompts=4)
+    words, generator = maps.shape[-1], seeded(60)
+    candidates = [torch.randperm(words - 2, generator=generator)[: 2 + p % 2].add(2).tolist()
+                  for p in range(maps.shape[2])]
+    sharp, broad = candidates[0][:2]
+    patch = int(torch.randint(0, 64, (1,), generator=generator))
+    maps[:, :, 0, :, patch, sharp] += 2.0  # prompt 0: the weakest peak has the larger mean
+    maps[:, :, 0, :, :, broad] += 0.12
+    maps[:, :, 1, :, :, candidates[1][0]] += 0.3  # prompt 1: the strongest token has the largest mean
+    return maps, candidates
 
 
 def weakest_token(fn: Callable) -> None:
     """Exercise 5: per prompt, the candidate token whose peak attention (steps, layers, heads averaged) is lowest."""
     __tracebackhide__ = True
     name = "weakest_token"
-    maps = _maps(6, prompts=4, words=9)
-    candidates = [[2, 5], [3, 6, 8], [4, 7], [2, 4, 6]]
-    # Make "peak" and "mean" disagree: one token gets a single sharp peak, another a broad weak spread.
-    maps[:, :, 0, :, 10, 2] += 2.0
-    maps[:, :, 0, :, :, 5] += 0.12
+    maps, candidates = _weakest_token_inputs()
     want = []
     for p, tokens in enumerate(candidates):
         strength = token_strength(maps[:, :, [p] * len(tokens)], torch.tensor(tokens))
         want.append(tokens[int(strength.argmin())])
     got = call_student(fn, name, maps, candidates)
-    got = [int(t) for t in (got.tolist() if isinstance(got, Tensor) else got)]
+    try:
+        got = [int(t) for t in (got.tolist() if isinstance(got, Tensor) else got)]
+    except (TypeError, ValueError):
+        raise CheckFailed(f"`{name}` should return one token index per prompt (a list of ints), but returned a "
+                          f"{type(got).__name__}.") from None
     if len(got) != len(candidates):
         raise CheckFailed(f"`{name}` should return one token per prompt ({len(candidates)}), but returned {len(got)}.")
     mean_pick = [tokens[int(maps.mean(dim=(0, 1, 3))[p, :, tokens].mean(0).argmin())] for p, tokens in enumerate(candidates)]
@@ -157,7 +196,8 @@ def weakest_token(fn: Callable) -> None:
     if any(g not in tokens for g, tokens in zip(got, candidates)):
         raise CheckFailed("return a token from each prompt's candidates (its object words), not a position in the candidate list")
     if got != want:
-        raise CheckFailed(f"`{name}` returned {got}, expected {want}: average over steps, layers and heads, take the max over patches, then the argmin over candidates.")
+        raise CheckFailed(f"`{name}` returned {reveal(f'{got}, expected {want}') or 'other tokens than the reference'}: "
+                          "average over steps, layers and heads, take the max over patches, then the argmin over candidates.")
     passed(name)
 
 
@@ -165,15 +205,22 @@ def reweight(fn: Callable) -> None:
     """Exercise 6: Prompt-to-Prompt-style reweighting of one token per prompt, conditional rows only."""
     __tracebackhide__ = True
     name = "reweight"
-    pattern = torch.rand(6, 2, 64, 7, generator=_gen(7)).softmax(-1)  # 3 conditional + 3 unconditional rows
-    tokens, factor, n_prompts = torch.tensor([1, 4, 2]), 3.0, 3
+    n_prompts, heads, patches, words = size(3), size(2), size(64, 16), size(7)
+    # n_prompts conditional + n_prompts unconditional rows
+    pattern = torch.rand(2 * n_prompts, heads, patches, words, generator=seeded(7)).softmax(-1)
+    if not hidden():
+        tokens, factor = torch.tensor([1, 4, 2]), 3.0
+    else:  # distinct tokens below the last word (so that a neighbour exists), a factor away from 1
+        generator = seeded(70)
+        tokens = torch.randperm(words - 1, generator=generator)[:n_prompts]
+        factor = round(1.5 + 3 * float(torch.rand(1, generator=generator)), 3)
     want = reweight_pattern(pattern, tokens, factor, n_prompts)
     got = expect_tensor(call_student(fn, name, pattern.clone(), tokens, factor, n_prompts), name, want.shape,
                         "batch head patch word")
     everything = reweight_pattern(pattern, torch.cat([tokens, tokens]), factor, 2 * n_prompts)
     unnormalised = pattern.clone()
-    unnormalised[torch.arange(3), :, :, tokens] *= factor
-    first_token = reweight_pattern(pattern, tokens[:1].expand(3), factor, n_prompts)
+    unnormalised[torch.arange(n_prompts), :, :, tokens] *= factor
+    first_token = reweight_pattern(pattern, tokens[:1].expand(n_prompts), factor, n_prompts)
     reject_known_mistakes(got, [
         (everything, "leave the unconditional rows (after the first n_prompts) alone: guidance needs them unchanged"),
         (unnormalised, "renormalise the reweighted rows so they sum to 1 over the words again"),
@@ -183,50 +230,67 @@ def reweight(fn: Callable) -> None:
     passed(name)
 
 
-def _attn2_inputs(batch: int, seed: int = 0):
+@recipe
+def unet_attn2(seed: int) -> tuple:
+    """`tiny_unet(seed)`, its first cross-attention module (`attn2`) and that module's name."""
+    unet = xattn_diffusers.tiny_unet(seed).eval()
+    name = next(key.removesuffix(".processor") for key in unet.attn_processors if key.endswith("attn2.processor"))
+    return unet, unet.get_submodule(name), name
+
+
+class _Reached(Exception):
+    """Stops a UNet call once the layer under test has its inputs."""
+
+
+def _attn2_inputs(batch: int, seed: int = 0, side: int = 16, tokens: int = 7):
     """A tiny random UNet's first attn2 module, the inputs it gets in one [unconditional; conditional] call,
     and the probabilities the kit's storing processor records for them."""
-    from mikit.xattn.diffusers_attention import DiffusersCrossAttentionStore, tiny_unet
-
-    unet = tiny_unet(seed).eval()
-    name = next(key.removesuffix(".processor") for key in unet.attn_processors if key.endswith("attn2.processor"))
-    attn = unet.get_submodule(name)
+    unet, attn, name = unet_attn2(seed)
     seen = {}
-    handle = attn.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.update(hidden=kwargs.get("hidden_states", args[0] if args else None),
-                                                  context=kwargs["encoder_hidden_states"]), with_kwargs=True)
-    generator = _gen(seed + 1)
-    latents = torch.randn(batch, 4, 16, 16, generator=generator)
-    text = torch.randn(batch, 7, 32, generator=generator)
+
+    def capture(module, args, kwargs):
+        seen.update(hidden=kwargs.get("hidden_states", args[0] if args else None), context=kwargs["encoder_hidden_states"])
+        raise _Reached  # the rest of the UNet does not change this layer's inputs
+
+    handle = attn.register_forward_pre_hook(capture, with_kwargs=True)
+    generator = torch.Generator().manual_seed(seed + 1)
+    latents = torch.randn(batch, 4, side, side, generator=generator)
+    text = torch.randn(batch, tokens, unet.config.cross_attention_dim, generator=generator)
     try:
-        with torch.no_grad(), DiffusersCrossAttentionStore(unet, cfg=True, layers=[name]) as store:
+        with torch.no_grad():
             unet(latents, 10, encoder_hidden_states=text)
+    except _Reached:
+        pass
     finally:
         handle.remove()
-    return attn, seen["hidden"], seen["context"], store.maps[0][name]
+    recorded = {}
+    with torch.no_grad():
+        xattn_diffusers.StoreCrossAttention(name, lambda _, probs: recorded.update(probs=probs))(
+            attn, seen["hidden"], encoder_hidden_states=seen["context"])
+    return attn, seen["hidden"], seen["context"], recorded["probs"][batch // 2:]
 
 
 def attn2_probs(fn: Callable) -> None:
     """Exercise 8: a diffusers cross-attention layer's probabilities, conditional rows only (CFG batch)."""
     __tracebackhide__ = True
     name = "attn2_probs"
-    attn, hidden, context, want = _attn2_inputs(batch=4)
+    attn, hidden_states, context, want = _attn2_inputs(batch=size(4, 2), seed=_seed(0), side=size(16, 4), tokens=size(7))
     with torch.no_grad():
-        got = call_student(fn, name, attn, hidden, context, True)
-    if isinstance(got, Tensor) and got.shape[-1] == hidden.shape[1] != want.shape[-1]:
+        got = call_student(fn, name, attn, hidden_states, context, True)
+    if isinstance(got, Tensor) and got.shape[-1] == hidden_states.shape[1] != want.shape[-1]:
         raise CheckFailed("keys come from the text (encoder_hidden_states), not the image: that is self-attention")
     got = expect_tensor(got, name, want.shape, "prompt head query token")
     with torch.no_grad():
         split = lambda t: attn.head_to_batch_dim(t, out_dim=4)  # noqa: E731  (B, H, T, d)
-        q, k = split(attn.to_q(hidden)), split(attn.to_k(context))
+        q, k = split(attn.to_q(hidden_states)), split(attn.to_k(context))
         probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)
-        b = hidden.shape[0]
+        b = hidden_states.shape[0]
         naive = lambda x: x.view(x.shape[0], attn.heads, x.shape[1], -1)  # noqa: E731  no transpose
         wrongs = [
             (probs[: b // 2], "those are the unconditional rows: diffusers puts [unconditional; conditional], keep the second half"),
             ((q @ k.transpose(-1, -2)).softmax(-1)[b // 2:], "multiply the scores by attn.scale (1/√d_head) before the softmax"),
         ]
-        wrong_split = (naive(attn.to_q(hidden)) @ naive(attn.to_k(context)).transpose(-1, -2) * attn.scale).softmax(-1)
+        wrong_split = (naive(attn.to_q(hidden_states)) @ naive(attn.to_k(context)).transpose(-1, -2) * attn.scale).softmax(-1)
         wrongs.append((wrong_split[b // 2:], "split heads as (batch, tokens, heads, d_head) and then move heads forward; "
                                               "a plain view(batch, heads, tokens, d) mixes tokens and heads"))
     reject_known_mistakes(got, wrongs, want)
@@ -237,11 +301,10 @@ def attn2_probs(fn: Callable) -> None:
 def image_attention_share(fn: Callable) -> None:
     """Exercise 7: the attention mass each query puts on the image tokens (the first n_image keys)."""
     __tracebackhide__ = True
-    from mikit.xattn.captioner import image_attention_share as reference
-
+    reference = xattn_captioner.image_attention_share
     name = "image_attention_share"
-    n_image, n_text = 6, 5
-    scores = torch.randn(3, 2, n_image + n_text, n_image + n_text, generator=_gen(8)) * 2
+    n_image, n_text = size(6), size(5)
+    scores = torch.randn(size(3), size(2), n_image + n_text, n_image + n_text, generator=seeded(8)) * 2
     pattern = scores.softmax(-1)
     want = reference(pattern, n_image)
     got = expect_tensor(call_student(fn, name, pattern, n_image), name, want.shape, "batch head query")
@@ -253,3 +316,23 @@ def image_attention_share(fn: Callable) -> None:
     ], want)
     expect_close(got, want, name, atol=1e-6, hint="pattern[..., :n_image].sum(-1)")
     passed(name)
+
+
+EXERCISES = {
+    # Exercises 1 and 2 have no reference function in mikit.xattn (the model computes exercise 1 inside
+    # its Attention module, which a function of q, k and padding cannot reach).
+    "cross_attention_probs": Exercise(cross_attention_probs, ("cross_attention_probs",)),
+    "word_grid": Exercise(word_grid, ("word_grid",)),
+    # `upsample` stays allowed: it is the bilinear step the exercise asks for with F.interpolate.
+    "daam_heatmap": Exercise(daam_heatmap, ("daam_heatmap",), forbidden=(xattn_attention.word_heatmap,)),
+    "mean_iou": Exercise(mean_iou, ("mean_iou",), forbidden=(xattn_attention.mean_iou, xattn_attention.iou)),
+    "weakest_token": Exercise(weakest_token, ("weakest_token",), forbidden=(xattn_binding.token_strength,)),
+    "reweight": Exercise(reweight, ("reweight",), forbidden=(xattn_binding.reweight_pattern,)),
+    "image_attention_share": Exercise(
+        image_attention_share, ("image_attention_share",), forbidden=(xattn_captioner.image_attention_share,)
+    ),
+    "attn2_probs": Exercise(
+        attn2_probs, ("attn2_probs",),
+        forbidden=(xattn_diffusers.StoreCrossAttention.__call__, xattn_diffusers.attn2_probs_nnsight),
+    ),
+}
