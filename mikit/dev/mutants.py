@@ -22,9 +22,11 @@ import contextlib
 import copy
 import difflib
 import functools
+import hashlib
 import importlib
 import io
 import json
+import linecache
 import random
 import signal
 import sys
@@ -153,10 +155,10 @@ def targets(notebook: str) -> list[Target]:
         skipped = ""
         if cell_index is None:
             skipped = "no solution cell above the check defines " + ", ".join(exercise.students)
-        else:
+        else:  # the cell's student names must be functions; others come from earlier solution cells
             tree = ast.parse(source)
             functions = {s.name for s in tree.body if isinstance(s, ast.FunctionDef)}
-            if not set(exercise.students) <= functions:
+            if not set(exercise.students) & _defined(tree) <= functions:
                 skipped = "the exercise's answer is a value computed from the notebook's state (not a function)"
         prelude, grad = [], True
         for i, c in code:
@@ -596,7 +598,10 @@ def grade(prepared: Prepared, source: str, seed: int, calls: list | None = None)
     try:
         with _time_limit(TIMEOUT_S), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            exec(compile(source, f"<{target.exercise} solution>", "exec"), namespace)
+            filename = f"<mutant of {target.exercise} {hashlib.sha1(source.encode()).hexdigest()[:12]}>"
+            # tracers that read their `with` block back (nnsight) find the source as in a notebook cell
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            exec(compile(source, filename, "exec"), namespace)
             students = [_student(namespace[name], target.grad, calls) for name in exercise.students]
             with hidden.active(), hidden_variant(seed):
                 exercise.check(*students, *exercise.context())
@@ -643,7 +648,7 @@ class Report:
         lines = [
             f"{self.notebook}: {self.mutants} mutants{sample}, {self.killed} killed, {self.equivalent} equivalent, "
             f"{len(self.survivors)} survivors, kill rate {self.rate:.1%} "
-            f"[{'ok' if self.ok else 'UNDER ' + format(MIN_KILL_RATE, '.0%') if not self.errors else 'ERROR'}] "
+            f"[{'ERROR' if self.errors else 'ok' if self.ok else f'UNDER {MIN_KILL_RATE:.0%}'}] "
             f"({self.seconds:.0f} s, hidden seed {self.seed})"
         ]
         lines += [f"  ERROR {e}" for e in self.errors]
