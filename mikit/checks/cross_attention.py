@@ -129,20 +129,23 @@ def mean_iou(fn: Callable) -> None:
     heat = heat / heat.flatten(1).amax(-1)[:, None, None]
     masks = torch.rand(n, 32, 32, generator=generator) < torch.linspace(0.05, 0.6, n)[:, None, None]
     threshold = 0.4 if not hidden() else round(0.25 + 0.3 * float(torch.rand(1, generator=seeded(50))), 3)
-    got = expect_number(call_student(fn, name, heat, masks, threshold), name)
-    predicted = heat >= threshold
-    want = sum(iou(p, m) for p, m in zip(predicted, masks)) / len(masks)
-    pooled = (predicted & masks).sum().item() / (predicted | masks).sum().item()
-    dice = sum(2 * (p & m).sum().item() / (p.sum() + m.sum()).item() for p, m in zip(predicted, masks)) / len(masks)
-    recall = sum((p & m).sum().item() / m.sum().item() for p, m in zip(predicted, masks)) / len(masks)
-    for wrong, message in ((pooled, "average the IoU of each object, do not pool all pixels into one IoU"),
-                           (dice, "that is the Dice score 2|A∩B|/(|A|+|B|); IoU is |A∩B|/|A∪B|"),
-                           (recall, "you divided by the mask's area (recall); IoU divides by the union")):
-        if abs(got - wrong) < 1e-6 and abs(wrong - want) > 1e-6:
-            raise CheckFailed(message)
-    if abs(got - want) > 1e-6:
-        raise CheckFailed(f"`{name}` gave {got:.4f}" + reveal(f", expected {want:.4f}") + ": predicted mask = heat ≥ "
-                          "threshold; IoU = |A∩B| / |A∪B|, averaged over objects.")
+    # Each heatmap's maximum is exactly 1: the second threshold tells heat ≥ τ from heat > τ.
+    for tau in (threshold, 1.0):
+        got = expect_number(call_student(fn, name, heat, masks, tau), name)
+        predicted = heat >= tau
+        want = sum(iou(p, m) for p, m in zip(predicted, masks)) / len(masks)
+        pooled = (predicted & masks).sum().item() / (predicted | masks).sum().item()
+        dice = sum(2 * (p & m).sum().item() / (p.sum() + m.sum()).item() for p, m in zip(predicted, masks)) / len(masks)
+        recall = sum((p & m).sum().item() / m.sum().item() for p, m in zip(predicted, masks)) / len(masks)
+        for wrong, message in ((pooled, "average the IoU of each object, do not pool all pixels into one IoU"),
+                               (dice, "that is the Dice score 2|A∩B|/(|A|+|B|); IoU is |A∩B|/|A∪B|"),
+                               (recall, "you divided by the mask's area (recall); IoU divides by the union")):
+            if abs(got - wrong) < 1e-6 and abs(wrong - want) > 1e-6:
+                raise CheckFailed(message)
+        if abs(got - want) > 1e-6:
+            raise CheckFailed(f"`{name}` gave {got:.4f}" + reveal(f" at threshold {tau}, expected {want:.4f}")
+                              + ": predicted mask = heat ≥ threshold (a pixel equal to the threshold counts); "
+                              "IoU = |A∩B| / |A∪B|, averaged over objects.")
     passed(name)
 
 
@@ -274,7 +277,12 @@ def attn2_probs(fn: Callable) -> None:
     """Exercise 8: a diffusers cross-attention layer's probabilities, conditional rows only (CFG batch)."""
     __tracebackhide__ = True
     name = "attn2_probs"
-    attn, hidden_states, context, want = _attn2_inputs(batch=size(4, 2), seed=_seed(0), side=size(16, 4), tokens=size(7))
+    # Half the batch must differ from half the heads and half the tokens, or "keep the second half" could
+    # slice the wrong axis unnoticed.
+    heads = unet_attn2(_seed(0))[1].heads
+    batch = size(4, 2)
+    batch += 2 * (batch // 2 == heads // 2)
+    attn, hidden_states, context, want = _attn2_inputs(batch=batch, seed=_seed(0), side=size(16, 4), tokens=batch + 3)
     with torch.no_grad():
         got = call_student(fn, name, attn, hidden_states, context, True)
     if isinstance(got, Tensor) and got.shape[-1] == hidden_states.shape[1] != want.shape[-1]:
