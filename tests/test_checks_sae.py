@@ -204,7 +204,7 @@ def dead(sae, activations, batch_size):
 
 
 def test_dead_latents_case_separates_the_mistakes(variant):
-    sae, x = check._dead_case()
+    sae, x = check._dead_case(check.size(64, 8))
     with torch.no_grad():
         want = metrics.fire_counts(sae.encode(x)) == 0
         pre_positive = ~(sae.pre_activations(x) > 0).any(0)
@@ -219,6 +219,17 @@ def test_dead_latents(variant):
     fails(check.dead_latents, lambda s, x, b: ~(s.pre_activations(x) > 0).any(0), match="positive pre-activation")
     fails(check.dead_latents, lambda s, x, b: dead(s, x[:b], b), match="first batch only")
     fails(check.dead_latents, lambda s, x, b: metrics.fire_counts(s.encode(x)), match="boolean tensor")
+
+
+def test_dead_latents_hidden_case_catches_loops_that_skip_a_row():
+    # Each batch's first or last row left out: a latent that fires there alone is called dead.
+    skip_first = lambda s, x, b: dead(s, torch.cat([x[i + 1 : i + b] for i in range(0, len(x), b)]), b)  # noqa: E731
+    skip_last = lambda s, x, b: dead(s, torch.cat([x[i : i + b - 1] for i in range(0, len(x), b)]), b)  # noqa: E731
+    with hidden.active(), hidden_variant(3):
+        check.dead_latents(dead)
+        for wrong in (skip_first, skip_last):
+            fails(check.dead_latents, wrong, match="differs from the reference")
+    hidden.reset()
 
 
 # ---- exercise 8: max-activating examples -------------------------------------------------------------------
@@ -395,9 +406,9 @@ def test_calling_the_reference_scores_zero(wire):
 
 def test_the_dead_latents_sae_is_rebuilt_identically():
     with hidden.active(), hidden_variant(2):
-        sae, x = check._dead_case()
+        sae, x = check._dead_case(72)
         hidden.reset()
-        again, x_again = check._dead_case()
+        again, x_again = check._dead_case(72)
     hidden.reset()
     assert again is not sae and torch.equal(x, x_again) and sae.d_sae == check.D_SAE + 12
     for name, weight in sae.state_dict().items():

@@ -257,7 +257,7 @@ def necessary_and_sufficient(fn: Callable) -> None:
     if hidden():
         generator = seeded(5)
         layers, heads = size(3), size(4)
-        threshold = 0.15 + 0.2 * torch.rand((), generator=generator).item()
+        threshold = size(3) / 16  # a power-of-two fraction: the boundary heads below hit it exactly
         denoised = torch.rand(layers, heads, generator=generator) * 0.8 - 0.1
         noised = torch.rand(layers, heads, generator=generator) * 0.8 + 0.3
         negative = (1, heads - 2)
@@ -265,6 +265,8 @@ def necessary_and_sufficient(fn: Callable) -> None:
         # sufficient but not necessary, so that swapping the two lists is always wrong
         denoised[layers - 1, 0], noised[layers - 1, 0] = threshold + 0.3, 1 - threshold / 2
         denoised[0], noised[0] = float("nan"), float("nan")
+        # exactly at the threshold: "at least the threshold" includes it
+        denoised[layers - 1, heads - 1], noised[layers - 1, heads - 1] = threshold, 1 - threshold
     out = call_student(fn, name, denoised.clone(), noised.clone(), threshold)
     if not isinstance(out, dict) or set(out) != {"sufficient", "necessary"}:
         raise CheckFailed(f"`{name}` should return a dict with the keys 'sufficient' and 'necessary'.")

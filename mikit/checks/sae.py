@@ -281,8 +281,13 @@ def _ce_losses() -> list[tuple[float, float, float]]:
 
 
 @recipe
-def dead_latents_case(seed: int, d_in: int, d_sae: int, n_tokens: int, seeded_weights: bool) -> tuple[TopKSAE, Tensor]:
+def dead_latents_case(
+    seed: int, d_in: int, d_sae: int, n_tokens: int, seeded_weights: bool, lone_rows: tuple[int, ...] = ()
+) -> tuple[TopKSAE, Tensor]:
     """A TopK SAE and activations where some latents fire only late, and some are positive but never in the top k.
+
+    Latent 1 + i fires on row `lone_rows[i]` alone (the first row, a batch's last row: a loop that skips
+    one of them calls a live latent dead).
 
     `seeded_weights=False` is the notebook's case (weights from torch's global generator, as it always was);
     hidden tests seed them, so that the grader and the kernel build the same SAE.
@@ -298,21 +303,24 @@ def dead_latents_case(seed: int, d_in: int, d_sae: int, n_tokens: int, seeded_we
     x = torch.randn(n_tokens, d_in, generator=generator)
     # The last batch lights up latent 0, which otherwise never makes the top 2.
     x[-5:] = sae.b_dec + 12 * sae.W_enc[:, 0].detach()
+    for i, row in enumerate(lone_rows):
+        x[row] = sae.b_dec + 12 * sae.W_enc[:, 1 + i].detach()
     return sae.eval(), x
 
 
-def _dead_case() -> tuple[TopKSAE, Tensor]:
+def _dead_case(batch_size: int) -> tuple[TopKSAE, Tensor]:
     """The dead-latents check's SAE and activations (built by the recipe, so the grader can send the SAE)."""
     d_in, d_sae = _dims()
-    return dead_latents_case(_seed(8), d_in, d_sae, size(300, 10), hidden())
+    lone_rows = (0, batch_size - 1) if hidden() else ()  # the notebook's visible case stays as it was
+    return dead_latents_case(_seed(8), d_in, d_sae, size(300, 10), hidden(), lone_rows)
 
 
 def dead_latents(fn: Callable) -> None:
     """Exercise 7: a boolean mask of latents that are zero on every one of the activations."""
     __tracebackhide__ = True
     name = "dead_latents"
-    sae, x = _dead_case()
     batch_size = size(64, 8)
+    sae, x = _dead_case(batch_size)
     got = call_student(fn, name, sae, x, batch_size)
     if not isinstance(got, Tensor) or got.dtype != torch.bool:
         raise CheckFailed(f"`{name}` should return a boolean tensor (True = dead), not {type(got).__name__}"
