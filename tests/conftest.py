@@ -32,3 +32,43 @@ def built_wheel(tmp_path_factory):
     )
     (wheel,) = out.glob("mikit-*.whl")
     return wheel
+
+
+@pytest.fixture
+def hidden_wire(tmp_path, monkeypatch):
+    """`hidden_wire(checks_module, grade_id, *functions, seed=1, kernel_grad=True)`: an exercise's hidden test
+    as `mikit grade` runs it, with the student's kernel simulated in this process.
+
+    The kernel side has its own recipe memo and no hidden variant, as a real kernel has (recipes are rebuilt
+    there from their arguments); `kernel_grad=False` turns gradients off there, as the notebooks'
+    `torch.set_grad_enabled(False)` does.
+    """
+    import mikit.checks
+    from mikit import hidden
+    from mikit.checks import hidden_variant
+
+    namespace = {}
+    monkeypatch.setattr(hidden, "_user_namespace", lambda: namespace)
+    monkeypatch.setattr(hidden, "_stash", {})
+
+    def grade(checks_module, grade_id, *functions, seed=1, kernel_grad=True):
+        def run(code):
+            grader = hidden._memo, hidden._recipe_of, mikit.checks._variant
+            hidden._memo, hidden._recipe_of, mikit.checks._variant = {}, {}, 0
+            try:
+                with torch.set_grad_enabled(kernel_grad):
+                    hidden.serve(str(tmp_path))
+            finally:
+                hidden._memo, hidden._recipe_of, mikit.checks._variant = grader
+
+        exercise = checks_module.EXERCISES[grade_id]
+        namespace.update(zip(exercise.students, functions))
+        forbidden = [hidden._qualified(fn) for fn in exercise.forbidden]
+        try:
+            with hidden.active(), hidden_variant(seed):
+                known = hidden.resolve(list(exercise.students), run, tmp_path, forbidden)
+                exercise.check(*(known[name] for name in exercise.students), *exercise.context())
+        finally:
+            hidden.reset()
+
+    return grade

@@ -9,14 +9,12 @@ only return the visible check's answers.
 
 import json
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
 from alternatives import patching as alternatives  # tests/alternatives/
 from transformer_lens.utilities import get_act_name
 
-import mikit.checks
 from mikit import hidden
 from mikit import patching as ref
 from mikit.checks import CheckFailed, hidden_variant
@@ -387,48 +385,10 @@ REFERENCE = {  # grade_id -> the reference implementation of each name the check
 }
 
 
-def test_every_check_cell_is_a_hidden_test():
-    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "03_activation_patching.ipynb").read_text())
-    cells = [c for c in notebook["cells"] if c["cell_type"] == "code" and c["metadata"].get("nbgrader", {}).get("grade")]
-    calls = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]).strip() for c in cells}
-    assert set(calls) == set(checks.EXERCISES) == set(REFERENCE)
-    for gid, exercise in checks.EXERCISES.items():
-        assert calls[gid] == f"check.{exercise.check.__name__}({', '.join(exercise.students)})"
-        assert exercise.context() == ()
-
-
 @pytest.fixture
-def wire(tmp_path, monkeypatch):
-    """`wire(grade_id, *functions)`: the exercise's hidden test as `mikit grade` runs it, the kernel in this process.
-
-    The kernel side has a memo of its own, no hidden variant and gradients off (the notebook's
-    `torch.set_grad_enabled(False)`), as the student's kernel has: recipes are rebuilt there from their arguments.
-    """
-    namespace = {}
-    monkeypatch.setattr(hidden, "_user_namespace", lambda: namespace)
-    monkeypatch.setattr(hidden, "_stash", {})
-
-    def run(code):
-        grader = hidden._memo, hidden._recipe_of, mikit.checks._variant
-        hidden._memo, hidden._recipe_of, mikit.checks._variant = {}, {}, 0
-        try:
-            with torch.no_grad():
-                hidden.serve(str(tmp_path))
-        finally:
-            hidden._memo, hidden._recipe_of, mikit.checks._variant = grader
-
-    def grade(gid, *functions, seed=1):
-        exercise = checks.EXERCISES[gid]
-        namespace.update(zip(exercise.students, functions))
-        forbidden = [hidden._qualified(fn) for fn in exercise.forbidden]
-        try:
-            with hidden.active(), hidden_variant(seed):
-                known = hidden.resolve(list(exercise.students), run, tmp_path, forbidden)
-                exercise.check(*(known[name] for name in exercise.students), *exercise.context())
-        finally:
-            hidden.reset()
-
-    return grade
+def wire(hidden_wire):
+    """`wire(grade_id, *functions, seed=1)`: the exercise's hidden test through the wire (tests/conftest.py)."""
+    return partial(hidden_wire, checks, kernel_grad=False)
 
 
 @pytest.mark.parametrize("gid", list(REFERENCE))

@@ -6,10 +6,10 @@ through the wire (`mikit.hidden`, its kernel side in this process), with the ref
 alternatives of tests/alternatives/sae.py, and functions that only return the visible check's answers.
 """
 
+import functools
 import pytest
 import torch
 
-import mikit.checks
 from alternatives import sae as alternatives  # tests/alternatives/
 from mikit import hidden
 from mikit.checks import CheckFailed, hidden_variant
@@ -316,50 +316,10 @@ REFERENCE = {  # grade_id -> the reference implementation of each name the check
 }
 
 
-def test_every_check_cell_is_a_hidden_test():
-    import json
-    from pathlib import Path
-
-    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "04_sparse_autoencoders.ipynb").read_text())
-    cells = [c for c in notebook["cells"] if c.get("metadata", {}).get("nbgrader", {}).get("grade") and c["cell_type"] == "code"]
-    calls = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]).strip() for c in cells}
-    assert set(calls) == set(check.EXERCISES) == set(REFERENCE)
-    for gid, exercise in check.EXERCISES.items():
-        assert calls[gid] == f"check.{exercise.check.__name__}({', '.join(exercise.students)})"
-        assert exercise.context() == ()
-
-
 @pytest.fixture
-def wire(tmp_path, monkeypatch):
-    """`grade(grade_id, *functions)`: the exercise's hidden test as `mikit grade` runs it, the kernel in this process.
-
-    The kernel side gets a memo of its own and no hidden variant, as a real kernel has: recipes are rebuilt
-    there from their arguments.
-    """
-    namespace = {}
-    monkeypatch.setattr(hidden, "_user_namespace", lambda: namespace)
-    monkeypatch.setattr(hidden, "_stash", {})
-
-    def run(code):
-        grader = hidden._memo, hidden._recipe_of, mikit.checks._variant
-        hidden._memo, hidden._recipe_of, mikit.checks._variant = {}, {}, 0
-        try:
-            hidden.serve(str(tmp_path))
-        finally:
-            hidden._memo, hidden._recipe_of, mikit.checks._variant = grader
-
-    def grade(gid, *functions, seed=1):
-        exercise = check.EXERCISES[gid]
-        namespace.update(zip(exercise.students, functions))
-        forbidden = [hidden._qualified(fn) for fn in exercise.forbidden]
-        try:
-            with hidden.active(), hidden_variant(seed):
-                known = hidden.resolve(list(exercise.students), run, tmp_path, forbidden)
-                exercise.check(*(known[name] for name in exercise.students), *exercise.context())
-        finally:
-            hidden.reset()
-
-    return grade
+def wire(hidden_wire):
+    """`wire(grade_id, *functions, seed=1)`: the exercise's hidden test through the wire (tests/conftest.py)."""
+    return functools.partial(hidden_wire, check)
 
 
 @pytest.mark.parametrize("gid", list(REFERENCE))

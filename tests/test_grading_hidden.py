@@ -109,3 +109,24 @@ def test_static_scan_follows_import_aliases():
     # other functions of the module, and a student's own function of the same name, are allowed
     assert not reference_uses(nb, "def f(p, n):\n    return ind.repeated_tokens(p, n)", forbidden)
     assert not reference_uses(nb, "def induction_scores(p, n):\n    return induction_scores(p, n - 1)", forbidden)
+
+
+@pytest.mark.parametrize("notebook", sorted(__import__("mikit.checks").checks.NOTEBOOK_CHECKS))
+def test_every_check_cell_is_a_hidden_test(notebook):
+    import importlib
+    import inspect
+
+    from mikit import hidden
+    from mikit.checks import NOTEBOOK_CHECKS
+
+    exercises = importlib.import_module(NOTEBOOK_CHECKS[notebook]).EXERCISES
+    nb = nbformat.read(NOTEBOOKS / f"{notebook}.ipynb", as_version=4)
+    assert nb.metadata.mikit.notebook == notebook
+    calls = {c.metadata.nbgrader["grade_id"]: c.source.strip() for c in nb.cells
+             if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
+    assert set(calls) == set(exercises)
+    for grade_id, exercise in exercises.items():
+        # the check cell passes the exercise's names first, then notebook objects the grader rebuilds itself
+        assert calls[grade_id].startswith(f"check.{exercise.check.__name__}({', '.join(exercise.students)}")
+        for fn in exercise.forbidden:  # the kernel finds each forbidden function by its qualified name
+            assert inspect.unwrap(hidden._resolve(hidden._qualified(fn))) is inspect.unwrap(fn)

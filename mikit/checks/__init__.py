@@ -77,9 +77,9 @@ def size(n: int, step: int = 1) -> int:
     return n if not _variant else n + step * (1 + _variant % 3)
 
 
-def reveal(text: str) -> str:
-    """`text` (values of the check's inputs or of the reference) in the notebook; nothing under the grader."""
-    return "" if _variant else text
+def reveal(text: str, instead: str = "") -> str:
+    """`text` (values of the check's inputs or of the reference) in the notebook; `instead` under the grader."""
+    return instead if _variant else text
 
 
 @recipe

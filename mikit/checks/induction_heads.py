@@ -37,8 +37,8 @@ def count_correct_predictions(fn: Callable, model: HookedTransformer) -> None:
             n = model.to_tokens(text).shape[1]
             raise CheckFailed(
                 f"`count_correct_predictions` gave {got:g}" + reveal(f" on {text!r}, expected {want}")
-                + f"; compare the logits at position p with the token at p + 1 (n - 1 predictions for n tokens "
-                "including BOS)"
+                + "; compare the logits at position p with the token at p + 1 ("
+                + reveal(f"{n - 1} predictions for {n} tokens", "n - 1 predictions for n tokens") + " including BOS)"
             )
     passed("count_correct_predictions")
 
@@ -212,7 +212,7 @@ def top_heads(fn: Callable) -> None:
         raise CheckFailed("`top_heads` found the right heads but in the wrong order: largest score first")
     if got != want:
         raise CheckFailed(
-            f"`top_heads` returned the wrong heads" + reveal(f" ({got}, expected {want} on a 5-layer × 7-head score table)")
+            "`top_heads` returned the wrong heads" + reveal(f" ({got}, expected {want} on a 5-layer × 7-head score table)")
             + "; a flat index i is layer i // n_heads, head i % n_heads"
         )
     passed(name)
