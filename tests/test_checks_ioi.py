@@ -1,5 +1,12 @@
-"""Every notebook-02 check passes the reference and rejects plausible wrong implementations (on SmolLM2)."""
+"""Every notebook-02 check passes the reference and rejects plausible wrong implementations (on SmolLM2).
 
+The same checks run as hidden tests (`mikit grade`) on other inputs, in a tiny random model with SmolLM2's
+tokenizer: there the reference, the correct alternatives of tests/alternatives/ioi.py and the wrong
+implementations below are judged again, on three hidden variants and through the wire (`mikit.hidden`, its
+kernel side in this process), and functions that only return the visible check's answers fail.
+"""
+
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,8 +16,11 @@ import torch
 from transformer_lens.utilities import get_act_name
 
 import mikit
+import mikit.checks
+from alternatives import ioi as alternatives  # tests/alternatives/
+from mikit import hidden, patching
 from mikit import ioi as ref
-from mikit.checks import CheckFailed
+from mikit.checks import CheckFailed, hidden_variant
 from mikit.checks import ioi as checks
 from mikit.datasets.ioi import logit_diff as ref_logit_diff
 
@@ -38,35 +48,42 @@ def batch_end(ds):
 
 
 # --- exercise 1 -------------------------------------------------------------------------
+def last_position(logits, ds):
+    b = torch.arange(len(ds))
+    return logits[b, -1, ds.io_tokens] - logits[b, -1, ds.s_tokens]
+
+
+def s_minus_io(logits, ds):
+    return -ref_logit_diff(logits, ds)
+
+
+def probabilities(logits, ds):
+    b, end = batch_end(ds)
+    probs = logits[b, end].softmax(-1)
+    return probs[b, ds.io_tokens] - probs[b, ds.s_tokens]
+
+
+def at_io_position(logits, ds):
+    b = torch.arange(len(ds))
+    row = logits[b, ds.word_idx["IO"]]
+    return row[b, ds.io_tokens] - row[b, ds.s_tokens]
+
+
+def batch_mean(logits, ds):
+    return ref_logit_diff(logits, ds).mean()
+
+
+WRONG_LOGIT_DIFF = [
+    (last_position, "right-padded"), (s_minus_io, "sign"), (probabilities, "raw logits"),
+    (at_io_position, "differs"), (batch_mean, "shape"),
+]
+
+
 def test_logit_diff(lm, capsys):
     checks.logit_diff(ref_logit_diff, lm)
     assert "✓" in capsys.readouterr().out
-
-    def last_position(logits, ds):
-        b = torch.arange(len(ds))
-        return logits[b, -1, ds.io_tokens] - logits[b, -1, ds.s_tokens]
-
-    def s_minus_io(logits, ds):
-        return -ref_logit_diff(logits, ds)
-
-    def probabilities(logits, ds):
-        b, end = batch_end(ds)
-        probs = logits[b, end].softmax(-1)
-        return probs[b, ds.io_tokens] - probs[b, ds.s_tokens]
-
-    def at_io_position(logits, ds):
-        b = torch.arange(len(ds))
-        row = logits[b, ds.word_idx["IO"]]
-        return row[b, ds.io_tokens] - row[b, ds.s_tokens]
-
-    def batch_mean(logits, ds):
-        return ref_logit_diff(logits, ds).mean()
-
-    rejects(checks.logit_diff, last_position, lm, match="right-padded")
-    rejects(checks.logit_diff, s_minus_io, lm, match="sign")
-    rejects(checks.logit_diff, probabilities, lm, match="raw logits")
-    rejects(checks.logit_diff, at_io_position, lm, match="differs")
-    rejects(checks.logit_diff, batch_mean, lm, match="shape")
+    for wrong, match in WRONG_LOGIT_DIFF:
+        rejects(checks.logit_diff, wrong, lm, match=match)
 
 
 # --- exercise 2 -------------------------------------------------------------------------
@@ -74,55 +91,68 @@ def _direction(model, ds):
     return (model.W_U[:, ds.io_tokens] - model.W_U[:, ds.s_tokens]).T
 
 
+def unscaled(stack, cache, model, ds):
+    return (stack * _direction(model, ds)).sum(-1).mean(-1)
+
+
+def norm_per_component(stack, cache, model, ds):
+    return (model.ln_final(stack) * _direction(model, ds)).sum(-1).mean(-1)
+
+
+def summed_components(stack, cache, model, ds):
+    return ref.residual_stack_to_logit_diff(stack, cache, model, ds) * len(ds)
+
+
+def scale_at_last_position(stack, cache, model, ds):
+    scale = cache["ln_final.hook_scale"][:, -1]
+    return (stack / scale * _direction(model, ds)).sum(-1).mean(-1)
+
+
+def flipped(stack, cache, model, ds):
+    return -ref.residual_stack_to_logit_diff(stack, cache, model, ds)
+
+
+WRONG_RESIDUAL = [
+    (unscaled, "hook_scale"), (norm_per_component, "differs"), (summed_components, "summed"),
+    (scale_at_last_position, "differs"), (flipped, "differs"),
+]
+
+
 def test_residual_stack_to_logit_diff(lm):
     checks.residual_stack_to_logit_diff(ref.residual_stack_to_logit_diff, lm)
-
-    def unscaled(stack, cache, model, ds):
-        return (stack * _direction(model, ds)).sum(-1).mean(-1)
-
-    def norm_per_component(stack, cache, model, ds):
-        return (model.ln_final(stack) * _direction(model, ds)).sum(-1).mean(-1)
-
-    def summed(stack, cache, model, ds):
-        return ref.residual_stack_to_logit_diff(stack, cache, model, ds) * len(ds)
-
-    def scale_at_last_position(stack, cache, model, ds):
-        scale = cache["ln_final.hook_scale"][:, -1]
-        return (stack / scale * _direction(model, ds)).sum(-1).mean(-1)
-
-    def flipped(stack, cache, model, ds):
-        return -ref.residual_stack_to_logit_diff(stack, cache, model, ds)
-
-    rejects(checks.residual_stack_to_logit_diff, unscaled, lm, match="hook_scale")
-    rejects(checks.residual_stack_to_logit_diff, norm_per_component, lm, match="differs")
-    rejects(checks.residual_stack_to_logit_diff, summed, lm, match="summed")
-    rejects(checks.residual_stack_to_logit_diff, scale_at_last_position, lm, match="differs")
-    rejects(checks.residual_stack_to_logit_diff, flipped, lm, match="differs")
+    for wrong, match in WRONG_RESIDUAL:
+        rejects(checks.residual_stack_to_logit_diff, wrong, lm, match=match)
 
 
 # --- exercise 3 -------------------------------------------------------------------------
+def transposed(pattern, ds, query, key):
+    return ref.attention_between(pattern.transpose(-1, -2), ds, query, key)
+
+
+def last_position_for_end(pattern, ds, query, key):
+    b = torch.arange(len(ds))
+    q = torch.full((len(ds),), -1) if query == "END" else ds.word_idx[query]
+    return pattern[b, :, q, ds.word_idx[key]].mean(0)
+
+
+def every_query(pattern, ds, query, key):
+    b = torch.arange(len(ds))
+    return pattern[b, :, :, ds.word_idx[key]].mean((0, -1))
+
+
+def summed_prompts(pattern, ds, query, key):
+    return ref.attention_between(pattern, ds, query, key) * len(ds)
+
+
+WRONG_ATTENTION = [
+    (transposed, "swapped"), (last_position_for_end, "differs"), (every_query, "differs"), (summed_prompts, "differs"),
+]
+
+
 def test_attention_between(lm):
     checks.attention_between(ref.attention_between, lm)
-
-    def transposed(pattern, ds, query, key):
-        return ref.attention_between(pattern.transpose(-1, -2), ds, query, key)
-
-    def last_position_for_end(pattern, ds, query, key):
-        b = torch.arange(len(ds))
-        q = torch.full((len(ds),), -1) if query == "END" else ds.word_idx[query]
-        return pattern[b, :, q, ds.word_idx[key]].mean(0)
-
-    def every_query(pattern, ds, query, key):
-        b = torch.arange(len(ds))
-        return pattern[b, :, :, ds.word_idx[key]].mean((0, -1))
-
-    def summed(pattern, ds, query, key):
-        return ref.attention_between(pattern, ds, query, key) * len(ds)
-
-    rejects(checks.attention_between, transposed, lm, match="swapped")
-    rejects(checks.attention_between, last_position_for_end, lm, match="differs")
-    rejects(checks.attention_between, every_query, lm, match="differs")
-    rejects(checks.attention_between, summed, lm, match="differs")
+    for wrong, match in WRONG_ATTENTION:
+        rejects(checks.attention_between, wrong, lm, match=match)
 
 
 # --- exercise 4 -------------------------------------------------------------------------
@@ -145,23 +175,30 @@ def _name_of(dla, io, s, other=True, swap=False):
             (False, True): "S suppressor", (False, False): "S mover"}[bool(to_io), bool(dla > 0)]
 
 
-def test_classify_heads():
+no_other = _classify(lambda d, t: d.abs() >= t)
+no_other.name_of = lambda *a: _name_of(*a, other=False)
+swapped = _classify(lambda d, t: d.abs() >= t)
+swapped.name_of = lambda *a: _name_of(*a, swap=True)
+positive_only = _classify(lambda d, t: d >= t)
+positive_only.name_of = _name_of
+every_head = _classify(lambda d, t: torch.ones_like(d, dtype=torch.bool))
+every_head.name_of = _name_of
+
+WRONG_CLASSIFY = [(no_other, "class"), (swapped, "class"), (positive_only, "class"), (every_head, "class"),
+                  (lambda *a: [], "dict")]
+
+
+def _visible_classify_evidence():
     dla = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
     attn_io, attn_s = torch.rand(2, 6, 5, generator=torch.Generator().manual_seed(1)) * 0.5
-    checks.classify_heads(ref.classify_heads, dla, attn_io, attn_s, 0.5)
+    return dla, attn_io, attn_s, 0.5
 
-    no_other = _classify(lambda d, t: d.abs() >= t)
-    no_other.name_of = lambda *a: _name_of(*a, other=False)
-    swapped = _classify(lambda d, t: d.abs() >= t)
-    swapped.name_of = lambda *a: _name_of(*a, swap=True)
-    positive_only = _classify(lambda d, t: d >= t)
-    positive_only.name_of = _name_of
-    every_head = _classify(lambda d, t: torch.ones_like(d, dtype=torch.bool))
-    every_head.name_of = _name_of
 
-    for wrong in (no_other, swapped, positive_only, every_head):
-        rejects(checks.classify_heads, wrong, dla, attn_io, attn_s, 0.5, match="class")
-    rejects(checks.classify_heads, lambda *a: [], dla, attn_io, attn_s, 0.5, match="dict")
+def test_classify_heads():
+    evidence = _visible_classify_evidence()
+    checks.classify_heads(ref.classify_heads, *evidence)
+    for wrong, match in WRONG_CLASSIFY:
+        rejects(checks.classify_heads, wrong, *evidence, match=match)
 
 
 def test_paper_comparison(capsys):
@@ -178,19 +215,46 @@ def test_paper_comparison(capsys):
 
 
 # --- exercise 5 -------------------------------------------------------------------------
+WRONG_NORMALISED = [
+    (lambda p, clean, corrupted: (p - clean) / (clean - corrupted), "maps to 0"),
+    (lambda p, clean, corrupted: p / clean, "maps to 0"),
+    (lambda p, clean, corrupted: 1 - (p - corrupted) / (clean - corrupted), "maps to 0"),
+    (lambda p, clean, corrupted: (p - corrupted) / clean, "maps to 0"),
+]
+
+
 def test_normalised_logit_diff():
     checks.normalised_logit_diff(ref.normalised_logit_diff)
-    wrongs = [
-        lambda p, clean, corrupted: (p - clean) / (clean - corrupted),
-        lambda p, clean, corrupted: p / clean,
-        lambda p, clean, corrupted: 1 - (p - corrupted) / (clean - corrupted),
-        lambda p, clean, corrupted: (p - corrupted) / clean,
-    ]
-    for wrong in wrongs:
-        rejects(checks.normalised_logit_diff, wrong, match="maps to 0")
+    for wrong, match in WRONG_NORMALISED:
+        rejects(checks.normalised_logit_diff, wrong, match=match)
 
 
 # --- exercise 6 -------------------------------------------------------------------------
+def every_head_patched(z, hook, head, clean_z):
+    return clean_z.clone()
+
+
+def position_axis(z, hook, head, clean_z):
+    z[:, head] = clean_z[:, head]
+    return z
+
+
+def first_prompt(z, hook, head, clean_z):
+    z[0, :, head] = clean_z[0, :, head]
+    return z
+
+
+def last_position_only(z, hook, head, clean_z):
+    z[:, -1, head] = clean_z[:, -1, head]
+    return z
+
+
+WRONG_PATCH_HOOK = [
+    (every_head_patched, "heads other than"), (position_axis, "heads other than"), (first_prompt, "every prompt"),
+    (last_position_only, "every prompt"),
+]
+
+
 def test_patch_head_hook():
     checks.patch_head_hook(ref.patch_head_hook)
 
@@ -198,26 +262,8 @@ def test_patch_head_hook():
         z[:, :, head] = clean_z[:, :, head]
 
     checks.patch_head_hook(in_place_no_return)  # TransformerLens accepts in-place hooks that return None
-
-    def every_head(z, hook, head, clean_z):
-        return clean_z.clone()
-
-    def position_axis(z, hook, head, clean_z):
-        z[:, head] = clean_z[:, head]
-        return z
-
-    def first_prompt(z, hook, head, clean_z):
-        z[0, :, head] = clean_z[0, :, head]
-        return z
-
-    def last_position(z, hook, head, clean_z):
-        z[:, -1, head] = clean_z[:, -1, head]
-        return z
-
-    rejects(checks.patch_head_hook, every_head, match="heads other than")
-    rejects(checks.patch_head_hook, position_axis, match="heads other than")
-    rejects(checks.patch_head_hook, first_prompt, match="every prompt")
-    rejects(checks.patch_head_hook, last_position, match="every prompt")
+    for wrong, match in WRONG_PATCH_HOOK:
+        rejects(checks.patch_head_hook, wrong, match=match)
 
 
 # --- exercise 7 -------------------------------------------------------------------------
@@ -258,53 +304,72 @@ def _query_path(model, ds, clean_cache, corrupted_cache, senders, receivers, fre
     return _run_end_ld(model, ds, [(get_act_name(patch, layer), patched) for layer in layers])
 
 
+def every_path(model, ds, clean_cache, corrupted_cache, senders, receivers):
+    return _run_end_ld(model, ds, [(lambda name: name.endswith("hook_z"), _sender_hook(senders, corrupted_cache))])
+
+
+def nothing_frozen(*args):
+    return _query_path(*args, freeze=False)
+
+
+def receivers_outputs(*args):
+    return _query_path(*args, patch="z")
+
+
+def every_query_of_the_layer(*args):
+    return _query_path(*args, all_heads=True)
+
+
+WRONG_PATH_PATCH = [(wrong, "freeze every head") for wrong in (every_path, nothing_frozen, receivers_outputs,
+                                                               every_query_of_the_layer)]
+
+
 def test_path_patch_to_queries(lm):
     checks.path_patch_to_queries(ref.path_patch_to_queries, lm, SENDERS, RECEIVERS)
-
-    def every_path(model, ds, clean_cache, corrupted_cache, senders, receivers):
-        return _run_end_ld(model, ds, [(lambda name: name.endswith("hook_z"), _sender_hook(senders, corrupted_cache))])
-
-    def nothing_frozen(*args):
-        return _query_path(*args, freeze=False)
-
-    def receivers_outputs(*args):
-        return _query_path(*args, patch="z")
-
-    def every_query_of_the_layer(*args):
-        return _query_path(*args, all_heads=True)
-
     # The helper with nothing changed is the reference, so the wrong ones differ for their one change.
     checks.path_patch_to_queries(_query_path, lm, SENDERS, RECEIVERS)
-    for wrong in (every_path, nothing_frozen, receivers_outputs, every_query_of_the_layer):
-        rejects(checks.path_patch_to_queries, wrong, lm, SENDERS, RECEIVERS, match="freeze every head")
+    for wrong, match in WRONG_PATH_PATCH:
+        rejects(checks.path_patch_to_queries, wrong, lm, SENDERS, RECEIVERS, match=match)
 
 
 # --- exercise 8 -------------------------------------------------------------------------
+def inside(z, hook, circuit, means):
+    keep = [h for l, h in circuit if l == hook.layer()]
+    z[:, :, keep] = means[hook.name][:, :, keep]
+    return z
+
+
+def zero(z, hook, circuit, means):
+    outside = [h for h in range(z.shape[2]) if (hook.layer(), h) not in circuit]
+    z[:, :, outside] = 0
+    return z
+
+
+def any_layer(z, hook, circuit, means):
+    outside = [h for h in range(z.shape[2]) if h not in {h for _, h in circuit}]
+    z[:, :, outside] = means[hook.name][:, :, outside]
+    return z
+
+
+def everything(z, hook, circuit, means):
+    return means[hook.name].clone()
+
+
+def in_place_inside(z, hook, circuit, means):  # an in-place hook returning None, wrong the same way as `inside`
+    inside(z, hook, circuit, means)
+
+
+WRONG_MEAN_ABLATE = [
+    (inside, "circuit heads"), (zero, "differs"), (any_layer, "differs"), (everything, "circuit heads"),
+    (in_place_inside, "circuit heads"), (lambda z, hook, circuit, means: None, "differs"),
+]
+
+
 def test_mean_ablate_outside():
     checks.mean_ablate_outside(ref.mean_ablate_outside)
-
-    def inside(z, hook, circuit, means):
-        keep = [h for l, h in circuit if l == hook.layer()]
-        z[:, :, keep] = means[hook.name][:, :, keep]
-        return z
-
-    def zero(z, hook, circuit, means):
-        outside = [h for h in range(z.shape[2]) if (hook.layer(), h) not in circuit]
-        z[:, :, outside] = 0
-        return z
-
-    def any_layer(z, hook, circuit, means):
-        outside = [h for h in range(z.shape[2]) if h not in {h for _, h in circuit}]
-        z[:, :, outside] = means[hook.name][:, :, outside]
-        return z
-
-    def everything(z, hook, circuit, means):
-        return means[hook.name].clone()
-
-    rejects(checks.mean_ablate_outside, inside, match="circuit heads")
-    rejects(checks.mean_ablate_outside, zero, match="differs")
-    rejects(checks.mean_ablate_outside, any_layer, match="differs")
-    rejects(checks.mean_ablate_outside, everything, match="circuit heads")
+    checks.mean_ablate_outside(alternatives.mean_ablate_outside__in_place_returns_none)  # was rejected before
+    for wrong, match in WRONG_MEAN_ABLATE:
+        rejects(checks.mean_ablate_outside, wrong, match=match)
 
 
 # --- exercise 9 -------------------------------------------------------------------------
@@ -319,3 +384,265 @@ def test_circuit(lm):
     movers_only = [(23, 0), (23, 1), (23, 2), (23, 3), (23, 7), (28, 1), (29, 1)]
     with pytest.raises(CheckFailed, match="keeps"):
         checks.circuit(movers_only, lm, n_prompts=16)
+
+
+# --- hidden tests ------------------------------------------------------------------------
+REFERENCE = {  # grade_id -> the reference of the student object the check receives
+    "logit_diff": ref_logit_diff,
+    "residual_stack_to_logit_diff": ref.residual_stack_to_logit_diff,
+    "attention_between": ref.attention_between,
+    "classify_heads": ref.classify_heads,
+    "normalised_logit_diff": ref.normalised_logit_diff,
+    "patch_head_hook": ref.patch_head_hook,
+    "path_patch_to_queries": ref.path_patch_to_queries,
+    "mean_ablate_outside": ref.mean_ablate_outside,
+}
+WRONG = {
+    "logit_diff": WRONG_LOGIT_DIFF,
+    "residual_stack_to_logit_diff": WRONG_RESIDUAL,
+    "attention_between": WRONG_ATTENTION,
+    "classify_heads": WRONG_CLASSIFY,
+    "normalised_logit_diff": WRONG_NORMALISED,
+    "patch_head_hook": WRONG_PATCH_HOOK,
+    "path_patch_to_queries": WRONG_PATH_PATCH,
+    "mean_ablate_outside": WRONG_MEAN_ABLATE,
+}
+SEEDS = (1, 2, 3)  # one of each size offset
+
+
+def _notebook_solutions():
+    """The solution notebook's own functions (the references above are forbidden in the graded code)."""
+    import json
+    from pathlib import Path
+
+    from mikit.datasets.ioi import IOIDataset
+
+    notebook = json.loads((Path(__file__).parents[1] / "solutions" / "02_ioi.ipynb").read_text())
+    namespace = {"__name__": "notebook", "torch": torch, "IOIDataset": IOIDataset, "get_act_name": get_act_name}
+    for cell in notebook["cells"]:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") in {f"{gid}_solution" for gid in REFERENCE}:
+            exec("".join(cell["source"]), namespace)
+    return {gid: namespace[gid] for gid in REFERENCE}
+
+
+SOLUTION = _notebook_solutions()
+
+
+def hidden_check(gid, fn, seed):
+    """The exercise's check on hidden variant `seed`, with the context the grader builds (recipes memoised)."""
+    exercise = checks.EXERCISES[gid]
+    with hidden.active(), hidden_variant(seed):
+        return exercise.check(fn, *exercise.context())
+
+
+def visible_context(gid):
+    """The context's objects with the notebook's inputs: what the tiny model gets without a hidden variant."""
+    with hidden.active():
+        return checks.EXERCISES[gid].context()
+
+
+def test_every_check_cell_is_a_hidden_test():
+    import json
+    from pathlib import Path
+
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "02_ioi.ipynb").read_text())
+    cells = [c for c in notebook["cells"] if c["cell_type"] == "code" and c.get("metadata", {}).get("nbgrader", {}).get("grade")]
+    calls = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]).strip() for c in cells}
+    assert set(calls) == set(checks.EXERCISES) == set(REFERENCE) | {"circuit"}
+    for gid, exercise in checks.EXERCISES.items():
+        assert calls[gid].startswith(f"check.{exercise.check.__name__}({', '.join(exercise.students)}")
+
+
+def test_the_tiny_model_is_rebuilt_identically():
+    with hidden.active():
+        model = checks.tiny_lm()
+        hidden.reset()
+        again = checks.tiny_lm()
+    assert again is not model and model.cfg.n_layers == 4
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, again.state_dict()[name]), name
+    ds, _ = checks.ioi_data(model, 8, 3)  # SmolLM2's tokenizer: the names are single tokens
+    assert len(ds) == 8 and ds.tokens.max() < model.cfg.d_vocab
+
+
+def test_hidden_variants_change_every_input():
+    with hidden.active():
+        model = checks.tiny_lm()
+        shapes = set()
+        for seed in (0, *SEEDS):
+            with hidden_variant(seed) if seed else contextlib.nullcontext():
+                ds, _ = checks._check_data(model)
+                shapes.add((tuple(ds.tokens.shape), tuple(ds.io_tokens.tolist())))
+    assert len(shapes) == 4
+
+
+@pytest.mark.parametrize("gid", list(REFERENCE))
+def test_the_reference_passes_hidden_variants(gid, capsys):
+    for seed in SEEDS:
+        hidden_check(gid, REFERENCE[gid], seed)
+    assert capsys.readouterr().out.count("✓") == len(SEEDS)
+
+
+@pytest.mark.parametrize("gid", list(WRONG))
+def test_wrong_implementations_fail_hidden_variants(gid):
+    for seed in SEEDS:
+        for wrong, match in WRONG[gid]:
+            with pytest.raises(CheckFailed, match=match):
+                hidden_check(gid, wrong, seed)
+
+
+def _answers(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_answers(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _answers(v) for k, v in value.items()}
+    return value
+
+
+def _recorded(fn):
+    """`fn`, recording what it returns, and a function that returns the recorded answers in turn whatever it is given."""
+    answers, calls = [], iter(range(10**6))
+
+    def record(*args):
+        out = fn(*args)
+        answers.append(_answers(out))
+        return out
+
+    def replay(*args):
+        return _answers(answers[next(calls) % len(answers)])
+
+    return record, replay
+
+
+@pytest.mark.parametrize("gid", list(REFERENCE))
+def test_the_visible_answers_fail_the_hidden_test(gid, wire):
+    record, replay = _recorded(REFERENCE[gid])
+    checks.EXERCISES[gid].check(record, *visible_context(gid))  # the notebook's inputs, in the tiny model
+    for seed in SEEDS:
+        with pytest.raises(CheckFailed):
+            hidden_check(gid, replay, seed)
+    with pytest.raises(CheckFailed):
+        wire(gid, replay)
+
+
+# The kernel side of the wire: its own memo and no hidden variant, as in a real kernel, kept between calls
+# (a kernel builds each recipe once per grading).
+KERNEL_MEMO: tuple[dict, dict] = ({}, {})
+
+
+@pytest.fixture
+def wire(tmp_path, monkeypatch):
+    """`wire(grade_id, student, seed=1)`: the exercise's hidden test as `mikit grade` runs it, the kernel in this process."""
+    namespace = {}
+    monkeypatch.setattr(hidden, "_user_namespace", lambda: namespace)
+    monkeypatch.setattr(hidden, "_stash", {})
+
+    def run(code):
+        grader = hidden._memo, hidden._recipe_of, mikit.checks._variant
+        (hidden._memo, hidden._recipe_of), mikit.checks._variant = KERNEL_MEMO, 0
+        try:
+            hidden.serve(str(tmp_path))
+        finally:
+            hidden._memo, hidden._recipe_of, mikit.checks._variant = grader
+
+    def grade(gid, student, seed=1):
+        exercise = checks.EXERCISES[gid]
+        namespace[exercise.students[0]] = student
+        forbidden = [hidden._qualified(fn) for fn in exercise.forbidden]
+        with hidden.active(), hidden_variant(seed):
+            known = hidden.resolve(list(exercise.students), run, tmp_path, forbidden)
+            return exercise.check(known[exercise.students[0]], *exercise.context())
+
+    return grade
+
+
+@pytest.mark.parametrize("gid", list(REFERENCE))
+def test_the_solution_passes_the_hidden_test_through_the_wire(gid, wire, capsys):
+    for seed in SEEDS:
+        wire(gid, SOLUTION[gid], seed=seed)
+    assert capsys.readouterr().out.count("✓") == len(SEEDS)
+
+
+def test_a_wrong_function_fails_through_the_wire(wire):
+    with pytest.raises(CheckFailed, match="right-padded"):
+        wire("logit_diff", last_position)
+    with pytest.raises(CheckFailed, match="freeze every head"):
+        wire("path_patch_to_queries", receivers_outputs)
+    with pytest.raises(CheckFailed, match="circuit heads"):
+        wire("mean_ablate_outside", in_place_inside)  # an in-place edit comes back from the kernel
+    with pytest.raises(KeyError, match="S3"):  # the student's own exception, raised again in the grader
+        wire("attention_between", lambda pattern, ds, query, key: pattern[:, :, ds.word_idx["S3"]])
+
+
+def test_calling_the_reference_scores_zero(wire):
+    from mikit import ioi
+
+    with pytest.raises(CheckFailed, match="calls the reference `mikit.datasets.ioi.logit_diff`"):
+        wire("logit_diff", lambda logits, ds: ioi.logit_diff(logits, ds))
+    with pytest.raises(CheckFailed, match="calls the reference `mikit.patching.path_patch`"):
+        wire("path_patch_to_queries", lambda model, ds, clean, corrupted, senders, receivers: patching.path_patch(
+            model, clean, corrupted, lambda logits: ref_logit_diff(logits, ds).mean(), senders, receivers, "q").item())
+    with pytest.raises(CheckFailed, match="calls the reference `mikit.patching.copy_index`"):
+        wire("patch_head_hook", lambda z, hook, head, clean_z: patching.copy_index(z, hook, (slice(None), head), clean_z))
+
+    def with_the_notebooks_helper(stack, cache, model, ds):  # ioi.at_end is a helper the notebook itself uses
+        scale = ioi.at_end(cache["ln_final.hook_scale"], ds)
+        return ((stack / scale) * _direction(model, ds)).sum(-1).mean(-1)
+
+    wire("residual_stack_to_logit_diff", with_the_notebooks_helper)
+
+
+# --- correct alternatives ---------------------------------------------------------------
+ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
+
+
+def test_every_exercise_has_two_alternatives():
+    per_exercise = {gid: 0 for gid in checks.EXERCISES}
+    for name in ALTERNATIVES:
+        per_exercise[name.split("__")[0]] += 1
+    assert min(per_exercise.values()) >= 2, per_exercise
+
+
+def _visible_args(gid, lm):
+    if gid == "classify_heads":
+        return _visible_classify_evidence()
+    if gid == "path_patch_to_queries":
+        return lm, SENDERS, RECEIVERS
+    return (lm,) if gid in ("logit_diff", "residual_stack_to_logit_diff", "attention_between") else ()
+
+
+@pytest.mark.parametrize("name", [name for name in ALTERNATIVES if not name.startswith("circuit__")])
+def test_alternative_passes_visible_and_hidden_checks(name, lm, wire, capsys):
+    gid, fn = name.split("__")[0], getattr(alternatives, name)
+    checks.EXERCISES[gid].check(fn, *_visible_args(gid, lm))
+    for seed in SEEDS:
+        hidden_check(gid, fn, seed)
+    wire(gid, fn, seed=5)
+    assert capsys.readouterr().out.count("✓") == 2 + len(SEEDS)
+
+
+# --- the circuit: judged on the real LM, on other prompts under the grader ---------------
+def test_the_circuit_is_judged_on_the_real_lm_of_the_mode(monkeypatch):
+    monkeypatch.setattr(checks, "offline_model", lambda name: name)
+    monkeypatch.setenv("MIKIT_MODE", "offline")
+    assert checks.EXERCISES["circuit"].context() == ("smollm2-135m",)
+    monkeypatch.setenv("MIKIT_MODE", "full")
+    assert checks.EXERCISES["circuit"].context() == ("gpt2-small",)
+
+
+def test_the_circuit_is_measured_on_other_prompts_under_the_grader(lm):
+    seen = {checks.circuit(CIRCUIT, lm, n_prompts=16)}
+    for seed in SEEDS:
+        with hidden_variant(seed):
+            seen.add(checks.circuit(CIRCUIT, lm, n_prompts=16))
+    assert len(seen) == 1 + len(SEEDS) and min(seen) >= 0.6  # other prompts each time, and the circuit holds
+    movers_only = [(23, 0), (23, 1), (23, 2), (23, 3), (23, 7), (28, 1), (29, 1)]
+    with hidden_variant(2), pytest.raises(CheckFailed, match="keeps") as failure:
+        checks.circuit(movers_only, lm, n_prompts=16)
+    assert "seed" not in str(failure.value)  # the hidden prompts are not named
+    for name in ALTERNATIVES:
+        if name.startswith("circuit__"):
+            with hidden_variant(1):
+                checks.circuit(getattr(alternatives, name), lm, n_prompts=16)

@@ -1,7 +1,9 @@
 """Checks for notebook 02 (indirect object identification): each compares a student function with `mikit.ioi`.
 
 Checks that need the model build their own small dataset (8 prompts of 4 templates, so prompts
-differ in length and right padding sits where a careless `[-1]` would read it).
+differ in length and right padding sits where a careless `[-1]` would read it). As hidden tests they
+run on other prompts (another seed, 10-14 of them) in `tiny_lm`, a small random model with SmolLM2's
+tokenizer (the names must be single tokens), except the circuit, which only the real LM can judge.
 """
 
 from __future__ import annotations
@@ -10,12 +12,18 @@ from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
-from transformer_lens import ActivationCache, HookedTransformer
-from transformer_lens.hook_points import HookPoint
+from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
+from transformers import PreTrainedTokenizerBase
 
 from mikit import ioi as ref
-from mikit.checks import CheckFailed, call_student, expect_close, expect_number, expect_tensor, passed
+from mikit import patching
+from mikit.checks import (
+    CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, hook_point,
+    offline_model, passed, reveal, seeded, size,
+)
+from mikit.datasets import ioi as datasets
 from mikit.datasets.ioi import IOIDataset
+from mikit.hidden import recipe
 
 Head = tuple[int, int]
 
@@ -32,27 +40,80 @@ MAX_CIRCUIT = 20
 MIN_FAITHFULNESS = 0.6
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _hidden_seed(seed: int) -> int:
+    """`seed` in the notebook; under the grader another one, drawn from the hidden seed."""
+    return seed if not hidden() else int(torch.randint(0, 2**31 - 1, (1,), generator=seeded(seed)))
 
 
-def _check_data(model: HookedTransformer) -> tuple[IOIDataset, IOIDataset]:
-    ds = IOIDataset(model, n_prompts=8, seed=3)
+def _smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    """SmolLM2's tokenizer, without its weights: from the converted model's folder, else from the GGUF."""
+    from transformers import AutoTokenizer
+
+    from mikit.models import SMOLLM2_CACHE, cache_dir, smollm2_gguf
+
+    folder = cache_dir() / SMOLLM2_CACHE
+    if folder.exists():
+        return AutoTokenizer.from_pretrained(folder)
+    gguf = smollm2_gguf()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+@recipe
+def tiny_lm(seed: int = 0) -> HookedTransformer:
+    """A 4-layer random model built like SmolLM2 (RMS norms folded, rotary, grouped-query attention) with SmolLM2's
+    tokenizer, so that IOI prompts tokenize as in SmolLM2; it builds in about a second (mostly the tokenizer)."""
+    tokenizer = _smollm2_tokenizer()
+    cfg = HookedTransformerConfig(
+        model_name="ioi-tiny", n_layers=4, d_model=64, n_heads=6, d_head=16, n_key_value_heads=2, d_mlp=128,
+        d_vocab=len(tokenizer), n_ctx=128, act_fn="silu", gated_mlp=True, normalization_type="RMSPre",
+        final_rms=True, positional_embedding_type="rotary", rotary_dim=16, default_prepend_bos=True,
+        init_weights=False, device="cpu",
+    )
+    model = HookedTransformer(cfg, tokenizer=tokenizer)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # weights drawn from a private generator: the same model in the grader and the kernel
+        for name, param in sorted(model.named_parameters()):
+            if name.endswith("W_E"):
+                std = 1.0
+            elif name.endswith(("W_Q", "W_K")):
+                # 3/sqrt(fan-in): sharp attention, so that a query patched by path patching moves the answer
+                std = 3 * param.shape[-2] ** -0.5
+            elif param.dim() >= 2:
+                std = param.shape[-2] ** -0.5  # 1/sqrt(fan-in): every layer's output is of order one
+            else:
+                std = 0.1
+            param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return model.eval()
+
+
+@recipe
+def ioi_data(model: HookedTransformer, n_prompts: int, seed: int) -> tuple[IOIDataset, IOIDataset]:
+    """A check's prompts and their ABC corruption."""
+    ds = IOIDataset(model, n_prompts=n_prompts, seed=seed)
     return ds, ds.corrupted("ABC")
 
 
-def _caches(model: HookedTransformer, ds: IOIDataset, abc: IOIDataset) -> tuple[ActivationCache, ActivationCache]:
+@recipe
+def ioi_cache(model: HookedTransformer, n_prompts: int, seed: int, corrupted: bool = False) -> ActivationCache:
+    """The activation cache of `ioi_data(model, n_prompts, seed)`'s clean (or corrupted) prompts."""
+    ds, abc = ioi_data(model, n_prompts, seed)
     # no_grad, not inference_mode: a student's code may use these tensors with autograd on.
     with torch.no_grad():
-        _, clean = model.run_with_cache(ds.tokens)
-        _, corrupted = model.run_with_cache(abc.tokens)
-    return clean, corrupted
+        _, cache = model.run_with_cache((abc if corrupted else ds).tokens)
+    return cache
 
 
-def _hook(layer: int) -> HookPoint:
-    hook = HookPoint()
-    hook.name = f"blocks.{layer}.attn.hook_z"
-    return hook
+def _data_args(model: HookedTransformer) -> tuple[HookedTransformer, int, int]:
+    """The arguments of `ioi_data` for a check: 8 prompts of seed 3 in the notebook, others under the grader."""
+    return model, size(8, 2), _hidden_seed(3)
+
+
+def _check_data(model: HookedTransformer) -> tuple[IOIDataset, IOIDataset]:
+    return ioi_data(*_data_args(model))
+
+
+def _caches(model: HookedTransformer) -> tuple[ActivationCache, ActivationCache]:
+    return ioi_cache(*_data_args(model)), ioi_cache(*_data_args(model), corrupted=True)
 
 
 def logit_diff(fn: Callable, model: HookedTransformer) -> None:
@@ -60,7 +121,7 @@ def logit_diff(fn: Callable, model: HookedTransformer) -> None:
     __tracebackhide__ = True
     name = "logit_diff"
     ds, _ = _check_data(model)
-    logits = torch.randn(len(ds), ds.tokens.shape[1], model.cfg.d_vocab, generator=_gen(0))
+    logits = torch.randn(len(ds), ds.tokens.shape[1], model.cfg.d_vocab, generator=seeded(0))
     got = expect_tensor(call_student(fn, name, logits, ds), name, (len(ds),), "batch")
     want = ref.logit_diff(logits, ds)
     batch = torch.arange(len(ds))
@@ -81,8 +142,7 @@ def residual_stack_to_logit_diff(fn: Callable, model: HookedTransformer) -> None
     __tracebackhide__ = True
     name = "residual_stack_to_logit_diff"
     ds, _ = _check_data(model)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(ds.tokens)
+    cache = ioi_cache(*_data_args(model))
     stack = ref.at_end(cache.accumulated_resid(layer=-1), ds)
     got = expect_tensor(call_student(fn, name, stack, cache, model, ds), name, (stack.shape[0],), "component")
     want = ref.residual_stack_to_logit_diff(stack, cache, model, ds)
@@ -99,7 +159,7 @@ def residual_stack_to_logit_diff(fn: Callable, model: HookedTransformer) -> None
         hint="divide by the final norm's scale at each prompt's END (not at position -1) and project onto "
         "W_U[:, io] − W_U[:, s]; the last component should equal the mean logit difference",
     )
-    passed(name, f"accumulated residual stream ends at {want[-1]:.2f}, the model's logit difference")
+    passed(name, reveal(f"accumulated residual stream ends at {want[-1]:.2f}, the model's logit difference"))
 
 
 def attention_between(fn: Callable, model: HookedTransformer) -> None:
@@ -107,8 +167,8 @@ def attention_between(fn: Callable, model: HookedTransformer) -> None:
     __tracebackhide__ = True
     name = "attention_between"
     ds, _ = _check_data(model)
-    pos, heads = ds.tokens.shape[1], 5
-    scores = torch.randn(len(ds), heads, pos, pos, generator=_gen(1)) * 3
+    pos, heads = ds.tokens.shape[1], size(5)
+    scores = torch.randn(len(ds), heads, pos, pos, generator=seeded(1)) * 3
     pattern = scores.masked_fill(torch.ones(pos, pos).triu(1).bool(), float("-inf")).softmax(-1)
     for query, key in (("END", "IO"), ("END", "S2"), ("S2", "S1"), ("S2", "S1+1")):
         got = expect_tensor(call_student(fn, name, pattern, ds, query, key), name, (heads,), "head")
@@ -153,8 +213,9 @@ def classify_heads(fn: Callable, dla: Tensor, attn_io: Tensor, attn_s: Tensor, t
         for key in ref.HEAD_CLASSES:
             if got[key] != want[key]:
                 missing, extra = sorted(want[key] - got[key]), sorted(got[key] - want[key])
+                detail = reveal(f": missing {missing}, should not contain {extra}") or " holds other heads than it should"
                 raise CheckFailed(
-                    f"class {key!r}: missing {missing}, should not contain {extra}; a head with |DLA| ≥ threshold "
+                    f"class {key!r}{detail}; a head with |DLA| ≥ threshold "
                     f"is 'other' if it attends less than {ref.MIN_NAME_ATTENTION} to both names, else its class "
                     "follows the name it attends to more from END and the sign of its DLA"
                 )
@@ -189,12 +250,19 @@ def normalised_logit_diff(fn: Callable) -> None:
     name = "normalised_logit_diff"
     clean, corrupted = 4.0, 0.5
     patched = torch.tensor([0.5, 4.0, 2.25, -1.0])
-    got = expect_tensor(call_student(fn, name, patched, clean, corrupted), name, (4,))
+    if hidden():  # other values; the patched ones still include both ends
+        clean, corrupted = round(2 + 3 * torch.rand(1, generator=seeded(0)).item(), 3), round(
+            torch.rand(1, generator=seeded(1)).item() - 0.5, 3
+        )
+        between = torch.randn(size(4) - 2, generator=seeded(2)) * 2 + 1
+        patched = torch.cat([torch.tensor([corrupted, clean]), between])[torch.randperm(size(4), generator=seeded(3))]
+    got = expect_tensor(call_student(fn, name, patched, clean, corrupted), name, patched.shape)
     want = ref.normalised_logit_diff(patched, clean, corrupted)
     if not torch.allclose(got, want, atol=1e-6):
         raise CheckFailed(
-            f"for clean {clean}, corrupted {corrupted} and patched {patched.tolist()} you gave {got.tolist()}, "
-            f"expected {want.tolist()}: the corrupted logit diff maps to 0 and the clean one to 1"
+            reveal(f"for clean {clean}, corrupted {corrupted} and patched {patched.tolist()} you gave {got.tolist()}, "
+                   f"expected {want.tolist()}: ")
+            + "the corrupted logit diff maps to 0 and the clean one to 1"
         )
     passed(name)
 
@@ -203,14 +271,17 @@ def patch_head_hook(fn: Callable) -> None:
     """Exercise 6: a hook that gives one head its clean output."""
     __tracebackhide__ = True
     name = "patch_head_hook"
-    z = torch.randn(3, 5, 4, 6, generator=_gen(2))
-    clean_z = torch.randn(3, 5, 4, 6, generator=_gen(3))
-    for head in (0, 2):
+    heads = size(4)
+    shape = (size(3), size(5), heads, size(6))
+    z = torch.randn(shape, generator=seeded(2))
+    clean_z = torch.randn(shape, generator=seeded(3))
+    hook = hook_point("blocks.1.attn.hook_z")
+    for head in (0, heads - 2):
         patched = z.clone()
-        out = call_student(fn, name, patched, _hook(1), head, clean_z)
+        out = call_student(fn, name, patched, hook, head, clean_z)
         got = expect_tensor(patched if out is None else out, name, z.shape, "batch pos head d_head")
-        want = ref.patch_head_hook(z.clone(), _hook(1), head, clean_z)
-        others = [h for h in range(4) if h != head]
+        want = ref.patch_head_hook(z.clone(), hook, head, clean_z)
+        others = [h for h in range(heads) if h != head]
         if not torch.equal(got[:, :, others], z[:, :, others]):
             raise CheckFailed(f"`{name}` changed heads other than head {head}: patch index 2 of z (the head axis) only")
         expect_close(got, want, name, atol=0, rtol=0, hint="copy the clean output of that head at every prompt and position")
@@ -223,15 +294,17 @@ def path_patch_to_queries(
     """Exercise 7: path patching from sender heads to receiver heads' queries."""
     __tracebackhide__ = True
     name = "path_patch_to_queries"
-    ds, abc = _check_data(model)
-    clean, corrupted = _caches(model, ds, abc)
-    args = (model, ds, clean, corrupted, list(senders), list(receivers))
+    ds, _ = _check_data(model)
+    clean, corrupted = _caches(model)
+    args = (model, ds, clean, corrupted, [tuple(head) for head in senders], [tuple(head) for head in receivers])
     got = expect_number(call_student(fn, name, *args), name)
     want = ref.path_patch_to_queries(*args)
-    if abs(got - want) > 1e-3 * max(1.0, abs(want)):
+    # The tiny model of the hidden test computes to ~1e-6 but its path effects can be small: a tighter tolerance.
+    if abs(got - want) > (1e-4 if hidden() else 1e-3) * max(1.0, abs(want)):
         raise CheckFailed(
-            f"`{name}` gave a mean logit diff of {got:.4f} for senders {senders} → receivers' queries, expected "
-            f"{want:.4f}; freeze every head at its clean output except the senders (corrupted), record the "
+            f"`{name}` gave a mean logit diff of {got:.4f}"
+            + reveal(f" for senders {senders} → receivers' queries, expected {want:.4f}")
+            + "; freeze every head at its clean output except the senders (corrupted), record the "
             "receivers' hook_q in that run, and patch only those heads' queries into a clean run"
         )
     passed(name)
@@ -241,19 +314,30 @@ def mean_ablate_outside(fn: Callable) -> None:
     """Exercise 8: mean-ablate every head of a layer that is not in the circuit."""
     __tracebackhide__ = True
     name = "mean_ablate_outside"
+    layers, heads = size(3), size(4)
+    shape = (size(3), size(5), heads, size(6))
     circuit = [(1, 0), (1, 3), (2, 1)]
+    if hidden():  # layer 0 keeps no head; every other layer keeps one to heads - 1 of its heads
+        circuit = []
+        for layer in range(1, layers):
+            order = torch.randperm(heads, generator=seeded(20 + layer)).tolist()
+            circuit += [(layer, head) for head in sorted(order[: 1 + layer % (heads - 1)])]
     means = {
-        f"blocks.{layer}.attn.hook_z": torch.randn(3, 5, 4, 6, generator=_gen(10 + layer)) for layer in range(3)
+        f"blocks.{layer}.attn.hook_z": torch.randn(shape, generator=seeded(10 + layer)) for layer in range(layers)
     }
-    for layer in range(3):
-        z = torch.randn(3, 5, 4, 6, generator=_gen(4 + layer))
-        out = call_student(fn, name, z.clone(), _hook(layer), circuit, means)
-        got = expect_tensor(z.clone() if out is None else out, name, z.shape, "batch pos head d_head")
-        want = ref.mean_ablate_outside(z.clone(), _hook(layer), circuit, means)
+    for layer in range(layers):
+        z = torch.randn(shape, generator=seeded(4 + layer))
+        hook = hook_point(f"blocks.{layer}.attn.hook_z")
+        edited = z.clone()
+        out = call_student(fn, name, edited, hook, circuit, means)
+        # A hook may edit z in place and return None, as TransformerLens allows.
+        got = expect_tensor(edited if out is None else out, name, z.shape, "batch pos head d_head")
+        want = ref.mean_ablate_outside(z.clone(), hook, circuit, means)
         kept = [head for l, head in circuit if l == layer]
         if kept and not torch.equal(got[:, :, kept], z[:, :, kept]):
             raise CheckFailed(
-                f"in layer {layer} you changed circuit heads {kept}: heads in the circuit keep their own output"
+                f"in layer {layer} you changed circuit heads" + reveal(f" {kept}")
+                + ": heads in the circuit keep their own output"
             )
         expect_close(
             got, want, f"{name} (layer {layer})", atol=0, rtol=0,
@@ -278,12 +362,71 @@ def circuit(heads: object, model: HookedTransformer, n_prompts: int = 40, seed: 
     heads = sorted(set(heads))
     if len(heads) > MAX_CIRCUIT:
         raise CheckFailed(f"your circuit has {len(heads)} heads; keep at most {MAX_CIRCUIT}")
+    seed = _hidden_seed(seed)
     ds = IOIDataset(model, n_prompts=n_prompts, seed=seed)
     kept = ref.faithfulness(model, ds, heads, ds.corrupted("ABC"))
     if kept < MIN_FAITHFULNESS:
         raise CheckFailed(
-            f"your {len(heads)}-head circuit keeps {kept:.0%} of the logit difference on unseen prompts "
-            f"(seed {seed}); at least {MIN_FAITHFULNESS:.0%} is needed: which class of heads is missing?"
+            f"your {len(heads)}-head circuit keeps {kept:.0%} of the logit difference on unseen prompts"
+            + reveal(f" (seed {seed})") + f"; at least {MIN_FAITHFULNESS:.0%} is needed: which class of heads is missing?"
         )
     passed("circuit", f"{len(heads)} heads keep {kept:.0%} of the logit difference on unseen prompts")
     return kept
+
+
+def _tiny() -> tuple:
+    return (tiny_lm(),)
+
+
+def _classify_context() -> tuple:
+    """Random evidence for a layer × head grid: some heads under the threshold, some attending to neither name."""
+    shape = (size(6), size(5))
+    dla = torch.randn(shape, generator=seeded(30))
+    attn_io, attn_s = torch.rand((2, *shape), generator=seeded(31)) * 0.6
+    quiet = torch.rand(shape, generator=seeded(32)) < 0.3
+    return dla, attn_io.where(~quiet, attn_io * 0.15), attn_s.where(~quiet, attn_s * 0.15), 0.5
+
+
+def _path_patch_context() -> tuple:
+    """The tiny model, a sender in each of layers 0 and 1, and receivers in layers 2 (one) and 3 (two).
+
+    Layer 3's receivers make freezing the heads in between matter, and the receiver layers keep heads that
+    are not receivers, so that patching a whole layer's queries is wrong.
+    """
+    model = tiny_lm()
+
+    def heads(seed: int, k: int) -> list[int]:
+        return sorted(torch.randperm(model.cfg.n_heads, generator=seeded(seed))[:k].tolist())
+
+    senders = [(0, *heads(40, 1)), (1, *heads(41, 1))]
+    receivers = [(2, *heads(42, 1))] + [(3, head) for head in heads(43, 2)]
+    return model, senders, receivers
+
+
+def _real_lm() -> tuple:
+    """The real LM the notebook ran on: the circuit is a set of its heads."""
+    from mikit.session import REAL_LM, choose_mode
+
+    return (offline_model(REAL_LM[choose_mode()]),)
+
+
+EXERCISES = {
+    "logit_diff": Exercise(logit_diff, ("logit_diff",), _tiny, (datasets.logit_diff,)),
+    "residual_stack_to_logit_diff": Exercise(
+        residual_stack_to_logit_diff, ("residual_stack_to_logit_diff",), _tiny, (ref.residual_stack_to_logit_diff,)
+    ),
+    "attention_between": Exercise(attention_between, ("attention_between",), _tiny, (ref.attention_between,)),
+    "classify_heads": Exercise(classify_heads, ("classify_heads",), _classify_context, (ref.classify_heads,)),
+    "normalised_logit_diff": Exercise(
+        normalised_logit_diff, ("normalised_logit_diff",), forbidden=(ref.normalised_logit_diff, patching.normalised_metric)
+    ),
+    "patch_head_hook": Exercise(
+        patch_head_hook, ("patch_head_hook",), forbidden=(ref.patch_head_hook, patching.copy_index)
+    ),
+    "path_patch_to_queries": Exercise(
+        path_patch_to_queries, ("path_patch_to_queries",), _path_patch_context,
+        (ref.path_patch_to_queries, patching.path_patch),
+    ),
+    "mean_ablate_outside": Exercise(mean_ablate_outside, ("mean_ablate_outside",), forbidden=(ref.mean_ablate_outside,)),
+    "circuit": Exercise(circuit, ("circuit",), _real_lm),
+}
