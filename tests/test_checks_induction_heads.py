@@ -1,5 +1,6 @@
 """Every notebook-01 check passes the reference and rejects plausible wrong implementations."""
 
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,6 +106,27 @@ def test_induction_scores():
         diag_mean(lambda n: n - 2, last=lambda n: n),  # off by one the other way
     ):
         rejects(checks.induction_scores, wrong)
+
+
+def test_a_query_window_off_by_one_is_named():
+    def window(offset, n_queries, shift):  # n_queries queries ending `shift` before the last
+        def score(pattern, *seq_len):
+            diag = pattern.diagonal(-offset(*seq_len), dim1=-2, dim2=-1)
+            end = diag.shape[-1] - shift
+            return diag[..., end - n_queries(pattern, *seq_len) : end].mean((0, -1))
+
+        return score
+
+    cases = [
+        (checks.induction_scores, window(lambda n: n - 1, lambda p, n: n, 1)),  # one query too early
+        (checks.induction_scores, window(lambda n: n - 1, lambda p, n: n - 1, 0)),  # the first query left out
+        (checks.duplicate_token_scores, window(lambda n: n, lambda p, n: n - 1, 0)),
+        (checks.previous_token_scores, window(lambda: 1, lambda p: p.shape[-1] - 2, 0)),
+    ]
+    for variant in (0, 2):
+        with hidden_variant(variant) if variant else contextlib.nullcontext():
+            for check, wrong in cases:
+                rejects(check, wrong, match="right key offset .* query window is off by one")
 
 
 # --- exercise 6 -------------------------------------------------------------------------

@@ -67,37 +67,59 @@ def attention_pattern(fn: Callable) -> None:
     passed(name)
 
 
-def _detector(fn: Callable, name: str, reference: Callable, needs_seq_len: bool) -> None:
+def _window_score(pattern: Tensor, offset: int, n_queries: int, shift: int) -> Tensor:
+    """Mean attention `offset` keys back over `n_queries` queries ending `shift` positions before the last."""
+    diag = pattern.diagonal(offset=-offset, dim1=-2, dim2=-1)
+    end = diag.shape[-1] - shift
+    return diag[..., end - n_queries : end].mean(dim=(0, -1))
+
+
+def _detector(fn: Callable, name: str, offset: Callable[[int], int], queries: str, needs_seq_len: bool) -> None:
+    """A head-type score: mean attention `offset(seq_len)` keys back over the queries described by `queries`."""
     __tracebackhide__ = True
     seq_len, heads = size(6), size(4)
     pattern = _random_patterns(batch=size(3), heads=heads, pos=2 * seq_len + 1, seed=7)
     args = (pattern, seq_len) if needs_seq_len else (pattern,)
     got = expect_tensor(call_student(fn, name, *args), name, (heads,), "head")
-    want = reference(*args)
-    for offset in range(0, 2 * seq_len):
-        if torch.allclose(got, ref._diagonal_score(pattern, offset, pattern.shape[-1] - offset), atol=1e-5):
+    want = getattr(ref, name)(*args)
+    for wrong_offset in range(0, 2 * seq_len):
+        if torch.allclose(got, ref._diagonal_score(pattern, wrong_offset, pattern.shape[-1] - wrong_offset), atol=1e-5):
             if not torch.allclose(got, want, atol=1e-5):
                 raise CheckFailed(
-                    f"`{name}` measures attention to the key {offset} positions back over all queries; "
+                    f"`{name}` measures attention to the key {wrong_offset} positions back over all queries; "
                     "check which key offset and which query positions this head type needs"
                 )
+    right = offset(seq_len)
+    n_queries = pattern.shape[-1] - 1 if not needs_seq_len else seq_len
+    n_diagonal = pattern.shape[-1] - right
+    shifted = [(n, shift) for n, shift in ((n_queries, 1), (n_queries + 1, 0), (n_queries - 1, 0), (n_queries - 1, 1))
+               if 1 <= n and n + shift <= n_diagonal]
+    if any(torch.allclose(got, _window_score(pattern, right, n, shift), atol=1e-5) for n, shift in shifted):
+        if not torch.allclose(got, want, atol=1e-5):
+            raise CheckFailed(
+                f"`{name}` has the right key offset ({right} back) but its query window is off by one position: "
+                f"average over {queries}"
+            )
     expect_close(got, want, name, atol=1e-5, hint="average over the batch and over query positions only")
     passed(name)
 
 
 def previous_token_scores(fn: Callable) -> None:
     """Exercise 3: attention to the previous position."""
-    _detector(fn, "previous_token_scores", ref.previous_token_scores, needs_seq_len=False)
+    _detector(fn, "previous_token_scores", lambda seq_len: 1, "every query but the first (it has no previous token)",
+              needs_seq_len=False)
 
 
 def duplicate_token_scores(fn: Callable) -> None:
     """Exercise 4: attention from the second copy to the same token's first copy."""
-    _detector(fn, "duplicate_token_scores", ref.duplicate_token_scores, needs_seq_len=True)
+    _detector(fn, "duplicate_token_scores", lambda seq_len: seq_len,
+              "the queries of the second copy only, the last seq_len positions", needs_seq_len=True)
 
 
 def induction_scores(fn: Callable) -> None:
     """Exercise 5: attention to the token after the earlier copy."""
-    _detector(fn, "induction_scores", ref.induction_scores, needs_seq_len=True)
+    _detector(fn, "induction_scores", lambda seq_len: seq_len - 1,
+              "the queries of the second copy only, the last seq_len positions", needs_seq_len=True)
 
 
 def per_token_loss(fn: Callable) -> None:
