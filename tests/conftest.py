@@ -51,10 +51,14 @@ def hidden_wire(tmp_path, monkeypatch):
     monkeypatch.setattr(hidden, "_user_namespace", lambda: namespace)
     monkeypatch.setattr(hidden, "_stash", {})
 
-    def grade(checks_module, grade_id, *functions, seed=1, kernel_grad=True):
+    def grade(checks_module, grade_id, *functions, seed=1, kernel_grad=True, kernel_memo=None, keep=False):
+        """`kernel_memo` (a pair of dicts) keeps the kernel's recipes between calls, as a kernel keeps them for a
+        whole grading; `keep` keeps the grader's too (both save rebuilding a model for every call)."""
+        kernel = kernel_memo if kernel_memo is not None else ({}, {})
+
         def run(code):
             grader = hidden._memo, hidden._recipe_of, mikit.checks._variant
-            hidden._memo, hidden._recipe_of, mikit.checks._variant = {}, {}, 0
+            (hidden._memo, hidden._recipe_of), mikit.checks._variant = kernel, 0
             try:
                 with torch.set_grad_enabled(kernel_grad):
                     hidden.serve(str(tmp_path))
@@ -69,6 +73,7 @@ def hidden_wire(tmp_path, monkeypatch):
                 known = hidden.resolve(list(exercise.students), run, tmp_path, forbidden)
                 exercise.check(*(known[name] for name in exercise.students), *exercise.context())
         finally:
-            hidden.reset()
+            if not keep:
+                hidden.reset()
 
     return grade

@@ -7,6 +7,7 @@ kernel side in this process), and functions that only return the visible check's
 """
 
 import contextlib
+import functools
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -441,18 +442,6 @@ def visible_context(gid):
         return checks.EXERCISES[gid].context()
 
 
-def test_every_check_cell_is_a_hidden_test():
-    import json
-    from pathlib import Path
-
-    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "02_ioi.ipynb").read_text())
-    cells = [c for c in notebook["cells"] if c["cell_type"] == "code" and c.get("metadata", {}).get("nbgrader", {}).get("grade")]
-    calls = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]).strip() for c in cells}
-    assert set(calls) == set(checks.EXERCISES) == set(REFERENCE) | {"circuit"}
-    for gid, exercise in checks.EXERCISES.items():
-        assert calls[gid].startswith(f"check.{exercise.check.__name__}({', '.join(exercise.students)}")
-
-
 def test_the_tiny_model_is_rebuilt_identically():
     with hidden.active():
         model = checks.tiny_lm()
@@ -533,29 +522,9 @@ KERNEL_MEMO: tuple[dict, dict] = ({}, {})
 
 
 @pytest.fixture
-def wire(tmp_path, monkeypatch):
-    """`wire(grade_id, student, seed=1)`: the exercise's hidden test as `mikit grade` runs it, the kernel in this process."""
-    namespace = {}
-    monkeypatch.setattr(hidden, "_user_namespace", lambda: namespace)
-    monkeypatch.setattr(hidden, "_stash", {})
-
-    def run(code):
-        grader = hidden._memo, hidden._recipe_of, mikit.checks._variant
-        (hidden._memo, hidden._recipe_of), mikit.checks._variant = KERNEL_MEMO, 0
-        try:
-            hidden.serve(str(tmp_path))
-        finally:
-            hidden._memo, hidden._recipe_of, mikit.checks._variant = grader
-
-    def grade(gid, student, seed=1):
-        exercise = checks.EXERCISES[gid]
-        namespace[exercise.students[0]] = student
-        forbidden = [hidden._qualified(fn) for fn in exercise.forbidden]
-        with hidden.active(), hidden_variant(seed):
-            known = hidden.resolve(list(exercise.students), run, tmp_path, forbidden)
-            return exercise.check(known[exercise.students[0]], *exercise.context())
-
-    return grade
+def wire(hidden_wire):
+    """`wire(grade_id, student, seed=1)`: the exercise's hidden test through the wire (tests/conftest.py)."""
+    return functools.partial(hidden_wire, checks, kernel_memo=KERNEL_MEMO, keep=True)
 
 
 @pytest.mark.parametrize("gid", list(REFERENCE))

@@ -384,7 +384,15 @@ def _classify_context() -> tuple:
     dla = torch.randn(shape, generator=seeded(30))
     attn_io, attn_s = torch.rand((2, *shape), generator=seeded(31)) * 0.6
     quiet = torch.rand(shape, generator=seeded(32)) < 0.3
-    return dla, attn_io.where(~quiet, attn_io * 0.15), attn_s.where(~quiet, attn_s * 0.15), 0.5
+    attn_io, attn_s = attn_io.where(~quiet, attn_io * 0.15), attn_s.where(~quiet, attn_s * 0.15)
+    threshold = 0.5
+    # Heads exactly on each boundary the text states: |DLA| = threshold counts, attention of exactly
+    # MIN_NAME_ATTENTION is not "less", and a tie between the names counts as IO.
+    for (layer, head), (d, io, s) in {
+        (0, 0): (threshold, 0.4, 0.2), (1, 0): (0.9, ref.MIN_NAME_ATTENTION, 0.05), (2, 0): (-0.8, 0.3, 0.3),
+    }.items():
+        dla[layer, head], attn_io[layer, head], attn_s[layer, head] = d, io, s
+    return dla, attn_io, attn_s, threshold
 
 
 def _path_patch_context() -> tuple:
