@@ -18,6 +18,7 @@ from transformer_lens.utilities import get_act_name
 
 import mikit
 import mikit.checks
+from replay import recorded  # tests/replay.py
 from alternatives import ioi as alternatives  # tests/alternatives/
 from mikit import hidden, patching
 from mikit import ioi as ref
@@ -480,34 +481,9 @@ def test_wrong_implementations_fail_hidden_variants(gid):
                 hidden_check(gid, wrong, seed)
 
 
-def _answers(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_answers(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _answers(v) for k, v in value.items()}
-    return value
-
-
-def _recorded(fn):
-    """`fn`, recording what it returns, and a function that returns the recorded answers in turn whatever it is given."""
-    answers, calls = [], iter(range(10**6))
-
-    def record(*args):
-        out = fn(*args)
-        answers.append(_answers(out))
-        return out
-
-    def replay(*args):
-        return _answers(answers[next(calls) % len(answers)])
-
-    return record, replay
-
-
 @pytest.mark.parametrize("gid", list(REFERENCE))
 def test_the_visible_answers_fail_the_hidden_test(gid, wire):
-    record, replay = _recorded(REFERENCE[gid])
+    record, replay = recorded(REFERENCE[gid])
     checks.EXERCISES[gid].check(record, *visible_context(gid))  # the notebook's inputs, in the tiny model
     for seed in SEEDS:
         with pytest.raises(CheckFailed):

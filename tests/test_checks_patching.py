@@ -12,6 +12,7 @@ from functools import partial
 
 import pytest
 import torch
+from replay import recorded  # tests/replay.py
 from alternatives import patching as alternatives  # tests/alternatives/
 from transformer_lens.utilities import get_act_name
 
@@ -490,36 +491,10 @@ def test_calling_the_reference_scores_zero(wire):
         wire("resid_patching_loop", engine_loop, patch_resid_hook)
 
 
-def _answers(value):
-    """`value` with its tensors detached and copied, so that a replay returns what was recorded."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_answers(v) for v in value)
-    if isinstance(value, dict):
-        return {key: _answers(v) for key, v in value.items()}
-    return value
-
-
-def _recorded(fn):
-    """`fn`, recording what it returns, and a function that returns the recorded answers in turn whatever it is given."""
-    answers, calls = [], iter(range(10**6))
-
-    def record(*args, **kwargs):  # the loop's reference calls the hook with keywords (functools.partial)
-        out = fn(*args, **kwargs)
-        answers.append(_answers(out))
-        return out
-
-    def replay(*args, **kwargs):
-        return _answers(answers[next(calls) % len(answers)])
-
-    return record, replay
-
-
 @pytest.mark.parametrize("gid", list(REFERENCE))
 def test_the_visible_answers_fail_the_hidden_test(gid, wire):
     exercise = checks.EXERCISES[gid]
-    recorders = [_recorded(fn) for fn in REFERENCE[gid]]
+    recorders = [recorded(fn) for fn in REFERENCE[gid]]
     exercise.check(*(record for record, _ in recorders))  # the visible check, recording the reference's answers
     for seed in (1, 2, 3):
         with hidden.active(), hidden_variant(seed), pytest.raises(CheckFailed):

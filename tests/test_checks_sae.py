@@ -10,6 +10,7 @@ import functools
 import pytest
 import torch
 
+from replay import recorded  # tests/replay.py
 from alternatives import sae as alternatives  # tests/alternatives/
 from mikit import hidden
 from mikit.checks import CheckFailed, hidden_variant
@@ -375,34 +376,10 @@ def test_the_dead_latents_sae_is_rebuilt_identically():
         assert torch.equal(weight, again.state_dict()[name]), name
 
 
-def _answers(value):
-    """`value` with its tensors detached and copied, so that a replay returns what was recorded."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_answers(v) for v in value)
-    return value
-
-
-def _recorded(fn):
-    """`fn`, recording what it returns, and a function that returns the recorded answers in turn whatever it is given."""
-    answers, calls = [], iter(range(10**6))
-
-    def record(*args):
-        out = fn(*args)
-        answers.append(_answers(out))
-        return out
-
-    def replay(*args):
-        return _answers(answers[next(calls) % len(answers)])
-
-    return record, replay
-
-
 @pytest.mark.parametrize("gid", list(REFERENCE))
 def test_the_visible_answers_fail_the_hidden_test(gid, wire):
     exercise = check.EXERCISES[gid]
-    recorders = [_recorded(fn) for fn in REFERENCE[gid]]
+    recorders = [recorded(fn) for fn in REFERENCE[gid]]
     exercise.check(*(record for record, _ in recorders))  # the visible check, recording the reference's answers
     for seed in (1, 2, 3):
         with hidden.active(), hidden_variant(seed), pytest.raises(CheckFailed):
