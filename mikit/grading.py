@@ -219,7 +219,7 @@ def _checks_module(reference_nb: nbformat.NotebookNode) -> dict:
     from mikit.checks import NOTEBOOK_CHECKS
 
     module = NOTEBOOK_CHECKS.get(reference_nb.metadata.get("mikit", {}).get("notebook", ""))
-    return getattr(importlib.import_module(module), "EXERCISES", {}) if module else {}  # TODO(issue 15): all notebooks
+    return importlib.import_module(module).EXERCISES if module else {}
 
 
 def _solution_of(released: nbformat.NotebookNode) -> dict[str, str | None]:
