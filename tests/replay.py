@@ -29,3 +29,20 @@ def recorded(fn):
         return frozen(answers[next(calls) % len(answers)])
 
     return record, replay
+
+
+def assert_replayed_answers_fail(exercise, references, wire, grade_id):
+    """Record the references' answers on the visible check; replayed, they must fail hidden variants 1-3 and the wire."""
+    import pytest
+
+    from mikit import hidden
+    from mikit.checks import CheckFailed, hidden_variant
+
+    recorders = [recorded(fn) for fn in references]
+    exercise.check(*(record for record, _ in recorders))
+    for seed in (1, 2, 3):
+        with hidden.active(), hidden_variant(seed), pytest.raises(CheckFailed):
+            exercise.check(*(replay for _, replay in recorders))
+        hidden.reset()
+    with pytest.raises(CheckFailed):
+        wire(grade_id, *(replay for _, replay in recorders))

@@ -12,7 +12,7 @@ from functools import partial
 
 import pytest
 import torch
-from replay import recorded  # tests/replay.py
+from replay import assert_replayed_answers_fail  # tests/replay.py
 from alternatives import patching as alternatives  # tests/alternatives/
 from transformer_lens.utilities import get_act_name
 
@@ -493,15 +493,7 @@ def test_calling_the_reference_scores_zero(wire):
 
 @pytest.mark.parametrize("gid", list(REFERENCE))
 def test_the_visible_answers_fail_the_hidden_test(gid, wire):
-    exercise = checks.EXERCISES[gid]
-    recorders = [recorded(fn) for fn in REFERENCE[gid]]
-    exercise.check(*(record for record, _ in recorders))  # the visible check, recording the reference's answers
-    for seed in (1, 2, 3):
-        with hidden.active(), hidden_variant(seed), pytest.raises(CheckFailed):
-            exercise.check(*(replay for _, replay in recorders))
-        hidden.reset()
-    with pytest.raises(CheckFailed):
-        wire(gid, *(replay for _, replay in recorders))
+    assert_replayed_answers_fail(checks.EXERCISES[gid], REFERENCE[gid], wire, gid)
 
 
 ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))

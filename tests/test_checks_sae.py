@@ -10,7 +10,7 @@ import functools
 import pytest
 import torch
 
-from replay import recorded  # tests/replay.py
+from replay import assert_replayed_answers_fail  # tests/replay.py
 from alternatives import sae as alternatives  # tests/alternatives/
 from mikit import hidden
 from mikit.checks import CheckFailed, hidden_variant
@@ -378,15 +378,7 @@ def test_the_dead_latents_sae_is_rebuilt_identically():
 
 @pytest.mark.parametrize("gid", list(REFERENCE))
 def test_the_visible_answers_fail_the_hidden_test(gid, wire):
-    exercise = check.EXERCISES[gid]
-    recorders = [recorded(fn) for fn in REFERENCE[gid]]
-    exercise.check(*(record for record, _ in recorders))  # the visible check, recording the reference's answers
-    for seed in (1, 2, 3):
-        with hidden.active(), hidden_variant(seed), pytest.raises(CheckFailed):
-            exercise.check(*(replay for _, replay in recorders))
-        hidden.reset()
-    with pytest.raises(CheckFailed):
-        wire(gid, *(replay for _, replay in recorders))
+    assert_replayed_answers_fail(check.EXERCISES[gid], REFERENCE[gid], wire, gid)
 
 
 ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
