@@ -226,14 +226,22 @@ def pile_standin(name: str = "NeelNanda/pile-10k", split: str = "train", n_docum
     return corpus.load_texts("bbc")[: min(n_documents, 24)]
 
 
-def install() -> None:
-    """Replace mikit's Hub seams with the stand-ins (in this process: call it first in a test kernel)."""
+def seams() -> list[tuple[object, str, object]]:
+    """(module, attribute, stand-in) for each of mikit's Hub seams."""
     from mikit import models
     from mikit.datasets import corpus
     from mikit.sae import io
     from mikit.xattn import diffusers_attention
 
-    models.load_hub_model = gpt2_small
-    io.download_released = released_sae_to_disk
-    diffusers_attention.pipeline_from_hub = tiny_stable_diffusion
-    corpus.load_hf_texts = pile_standin
+    return [
+        (models, "load_hub_model", gpt2_small),
+        (io, "download_released", released_sae_to_disk),
+        (diffusers_attention, "pipeline_from_hub", tiny_stable_diffusion),
+        (corpus, "load_hf_texts", pile_standin),
+    ]
+
+
+def install() -> None:
+    """Replace mikit's Hub seams with the stand-ins (in this process: call it first in a test kernel)."""
+    for module, name, standin in seams():
+        setattr(module, name, standin)

@@ -2,7 +2,8 @@
 
 Full mode (Colab: GPT-2 small, released SAELens SAEs, Stable Diffusion) needs the Hugging Face Hub; here
 `tests/standins.py` replaces what it downloads with seeded random models of the same shapes, loaded through
-mikit's real code paths. Each notebook gets a first cell that installs the stand-ins in its kernel, and runs
+mikit's real code paths. Each notebook gets a first cell that installs the stand-ins in its kernel (the grader's
+process, where the hidden tests run, gets them too), and runs
 through `mikit grade` with MIKIT_MODE=full. This proves full-mode code paths, shapes and loaders, not numbers.
 The stand-in GPT-2 is built once, in this process; each notebook's kernel loads its weights from a cache.
 Run with -s to see each notebook's time and its slowest cells.
@@ -88,6 +89,8 @@ def test_solution_runs_in_full_mode_with_full_marks(name, monkeypatch, standin_c
     monkeypatch.setenv(standins.CACHE_ENV, str(standin_cache))  # the kernel loads the GPT-2 built above
     monkeypatch.setenv("MIKIT_MODE", "full")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the stand-ins need no Hub; nothing may hang on one
+    for module, attribute, standin in standins.seams():  # the hidden tests run here, in the grader's process
+        monkeypatch.setattr(module, attribute, standin)
     # Not pytest's tmp_path: a concurrent pytest session may prune it while the notebook runs.
     with tempfile.TemporaryDirectory(prefix="mikit-fullmode-") as folder:
         log, finished = Path(folder) / "cells.jsonl", Path(folder) / "finished"
