@@ -24,7 +24,8 @@ from transformer_lens import patching as tl_patching
 
 import mikit
 from mikit import patching
-from mikit.datasets.ioi import TEMPLATES, IOIDataset, logit_diff
+from mikit.datasets.ioi import TEMPLATES, IOIDataset
+from mikit.ioi import logit_diff
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Induction heads (notebook 01): the reference implementations the checks compare against.
 
-Attention-head detectors, per-token loss, direct logit attribution, head ablation and
-circuit scores, written for TransformerLens models and caches. Sequences of repeated
+Attention-head detectors, direct logit attribution, ablation sweeps and circuit scores, written
+for TransformerLens models and caches (per-token loss and head ablation come from `mikit.core`),
+and the same detectors applied to a whole model, as the zoo records them for each of its models. Sequences of repeated
 random tokens have the layout `[BOS, r_1 … r_n, r_1 … r_n]`, so a token in the second
 copy at position `n + 1 + i` has its earlier copy at `1 + i`.
 """
@@ -14,8 +15,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
+
+from mikit.core import Ablation, Head, ablate_head, per_token_loss
 
 
 def count_correct_predictions(model: HookedTransformer, text: str) -> int:
@@ -73,12 +75,6 @@ def repeated_tokens(model: HookedTransformer, seq_len: int, batch: int, seed: in
     return torch.cat([bos, half, half], dim=1).to(model.cfg.device)
 
 
-def per_token_loss(logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_minus_1"]:
-    """Cross-entropy of each next token: position p's logits predict token p + 1."""
-    log_probs = logits[:, :-1].log_softmax(dim=-1)
-    return -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
-
-
 def pattern_scores(
     model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
@@ -99,30 +95,20 @@ def logit_attribution(
     return torch.einsum("cbpd,dbp->cbp", components[:, :, :-1], next_dirs)
 
 
-def ablate_head(
-    z: Float[Tensor, "batch pos head d_head"], hook: HookPoint, head: int, mode: str = "zero"
-) -> Float[Tensor, "batch pos head d_head"]:
-    """Hook on `hook_z`: replace one head's output by zero, or by its mean over batch and positions."""
-    z = z.clone()
-    if mode == "zero":
-        z[:, :, head] = 0.0
-    elif mode == "mean":
-        z[:, :, head] = z[:, :, head].mean(dim=(0, 1))
-    else:
-        raise ValueError(f"mode must be 'zero' or 'mean', not {mode!r}.")
-    return z
-
-
 @torch.inference_mode()
 def ablation_loss_increase(
     model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
     seq_len: int,
-    heads: list[tuple[int, int]] | None = None,
-    mode: str = "zero",
+    heads: list[Head] | None = None,
+    *,
+    method: Ablation = "zero",
     hook_fn: Callable = ablate_head,
-) -> dict[tuple[int, int], float]:
-    """Increase in mean loss on the repeated half when each head (layer, head) is ablated alone."""
+) -> dict[Head, float]:
+    """Increase in mean loss on the repeated half when each head (layer, head) is ablated alone.
+
+    `hook_fn(z, hook, head, method)` ablates one head of `hook_z` (default: `mikit.core.ablate_head`).
+    """
     def repeat_loss(logits: Tensor) -> float:
         return per_token_loss(logits, tokens)[:, -seq_len:].mean().item()
 
@@ -131,7 +117,7 @@ def ablation_loss_increase(
         heads = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
     increase = {}
     for layer, head in heads:
-        hook = (get_act_name("z", layer), lambda z, hook, h=head: hook_fn(z, hook, h, mode))
+        hook = (get_act_name("z", layer), lambda z, hook, h=head: hook_fn(z, hook, h, method))
         increase[(layer, head)] = repeat_loss(model.run_with_hooks(tokens, fwd_hooks=[hook])) - base
     return increase
 
@@ -152,8 +138,58 @@ def composition_score(W_A: Float[Tensor, "d_in d_mid"], W_B: Float[Tensor, "d_mi
     return (torch.linalg.matrix_norm(W_A @ W_B) / (torch.linalg.matrix_norm(W_A) * torch.linalg.matrix_norm(W_B))).item()
 
 
-def top_heads(scores: Float[Tensor, "layer head"], k: int) -> list[tuple[int, int]]:
+def top_heads(scores: Float[Tensor, "layer head"], k: int) -> list[Head]:
     """The `k` (layer, head) pairs with the largest scores, largest first."""
     flat = scores.flatten().topk(k).indices
     n_heads = scores.shape[1]
     return [(int(i) // n_heads, int(i) % n_heads) for i in flat]
+
+
+# ---- whole-model measurements (the numbers a zoo model's config.json records) ---------------------
+
+
+@torch.inference_mode()
+def model_induction_scores(model: HookedTransformer, *, seq_len: int = 50, batch: int = 16, seed: int = 0) -> Float[Tensor, "layer head"]:
+    """Per head of `model`: mean attention from the second copy of `[BOS, r, r]` to the token after the earlier copy."""
+    tokens = repeated_tokens(model, seq_len, batch, seed)
+    return pattern_scores(model, tokens, lambda p: induction_scores(p, seq_len)).cpu()
+
+
+@torch.inference_mode()
+def model_previous_token_scores(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer head"]:
+    """Per head of `model`: mean attention from every position after the first to the position just before it."""
+    return pattern_scores(model, tokens.to(model.cfg.device), previous_token_scores).cpu()
+
+
+@torch.inference_mode()
+def repeated_sequence_losses(model: HookedTransformer, *, seq_len: int = 50, batch: int = 16, seed: int = 0) -> tuple[float, float]:
+    """Mean next-token loss on the first and on the second copy of `[BOS, r, r]`."""
+    tokens = repeated_tokens(model, seq_len, batch, seed)
+    loss = per_token_loss(model(tokens), tokens)  # (batch, 2 * seq_len)
+    return loss[:, :seq_len].mean().item(), loss[:, seq_len:].mean().item()
+
+
+def _best_head(scores: Float[Tensor, "layer head"]) -> tuple[str, float]:
+    """The highest-scoring head as `"L{layer}H{head}"`, with its score."""
+    (layer, head), = top_heads(scores, 1)
+    return f"L{layer}H{head}", round(scores[layer, head].item(), 4)
+
+
+@torch.inference_mode()
+def summarize_model(model: HookedTransformer, text_tokens: Int[Tensor, "batch pos"], *, seq_len: int = 50, batch: int = 16) -> dict:
+    """The headline numbers of a model: best induction head, best layer-0 previous-token head, losses."""
+    induction_head, induction_score = _best_head(model_induction_scores(model, seq_len=seq_len, batch=batch))
+    prev_head, prev = _best_head(model_previous_token_scores(model, text_tokens)[:1])
+    first, second = repeated_sequence_losses(model, seq_len=seq_len, batch=batch)
+    text_loss = model(text_tokens.to(model.cfg.device), return_type="loss").item()
+    return {
+        "induction_score": induction_score,
+        "induction_head": induction_head,
+        "prev_token_score": prev,
+        "prev_token_head": prev_head,
+        "repeat_loss_first_half": round(first, 4),
+        "repeat_loss_second_half": round(second, 4),
+        "text_loss": round(text_loss, 4),
+        "eval_seq_len": seq_len,
+        "eval_batch": batch,
+    }

@@ -19,14 +19,18 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
-from mikit import patching
-from mikit.datasets.ioi import IOIDataset, logit_diff
-
-Head = tuple[int, int]
+from mikit import core, patching
+from mikit.core import Head
+from mikit.datasets.ioi import IOIDataset
 
 
 def _is_z(name: str) -> bool:
     return name.endswith("hook_z")
+
+
+def logit_diff(logits: Float[Tensor, "batch pos d_vocab"], ds: IOIDataset) -> Float[Tensor, "batch"]:
+    """Each prompt's logit of the indirect object minus that of the subject, at its END position."""
+    return core.logit_diff(logits, ds.word_idx["END"], ds.io_tokens, ds.s_tokens)
 
 
 def logit_diff_directions(model: HookedTransformer, ds: IOIDataset) -> Float[Tensor, "batch d_model"]:
@@ -40,7 +44,7 @@ def at_end(stack: Float[Tensor, "... batch pos d_model"], ds: IOIDataset) -> Flo
     return stack[..., batch, ds.word_idx["END"].to(stack.device), :]
 
 
-def head_results_at_end(cache: ActivationCache, model: HookedTransformer, ds: IOIDataset) -> Float[Tensor, "component batch d_model"]:
+def head_results_at_end(model: HookedTransformer, cache: ActivationCache, ds: IOIDataset) -> Float[Tensor, "component batch d_model"]:
     """Every head's output (z @ W_O) at END, layer-major: component = layer * n_heads + head."""
     batch = torch.arange(len(ds), device=model.W_O.device)
     end = ds.word_idx["END"].to(model.W_O.device)
@@ -58,9 +62,9 @@ def residual_stack_to_logit_diff(
     return torch.einsum("cbd,bd->c", stack / scale, logit_diff_directions(model, ds)) / len(ds)
 
 
-def head_dla(cache: ActivationCache, model: HookedTransformer, ds: IOIDataset) -> Float[Tensor, "layer head"]:
+def head_dla(model: HookedTransformer, cache: ActivationCache, ds: IOIDataset) -> Float[Tensor, "layer head"]:
     """Each head's direct contribution to the logit difference at END."""
-    dla = residual_stack_to_logit_diff(head_results_at_end(cache, model, ds), cache, model, ds)
+    dla = residual_stack_to_logit_diff(head_results_at_end(model, cache, ds), cache, model, ds)
     return dla.view(model.cfg.n_layers, model.cfg.n_heads)
 
 
@@ -101,13 +105,6 @@ def classify_heads(
     for heads in classes.values():
         heads.sort(key=lambda lh: -abs(float(dla[lh])))
     return classes
-
-
-def normalised_logit_diff(
-    patched: Float[Tensor, "..."] | float, clean: float, corrupted: float
-) -> Float[Tensor, "..."] | float:
-    """0 where the patched run is as bad as the corrupted one, 1 where it is as good as the clean one."""
-    return (patched - corrupted) / (clean - corrupted)
 
 
 def patch_head_hook(

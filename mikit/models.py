@@ -11,7 +11,6 @@ tokenizer files in `cache_dir()`; later loads read the cache in a few seconds.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import socket
@@ -20,18 +19,17 @@ from pathlib import Path
 
 import platformdirs
 import torch
-from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.loading_from_pretrained import make_model_alias_map
 from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from mikit.storage import load_weights, read_config, save_folder
+
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The cache's folder name changes whenever its contents change, so an old cache is never read.
-SMOLLM2_CACHE = "smollm2-135m-folded"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "hooked_transformer_config.json"
+SMOLLM2_CACHE = "smollm2-135m-folded-v2"  # v2: the kit's one saved-model layout (mikit.storage)
 
 
 def __getattr__(name: str) -> list[str]:
@@ -170,8 +168,7 @@ def _write_smollm2_cache(folder: Path) -> None:
     # Written in a scratch folder renamed at the end, so a crash never leaves a half-written cache.
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        save_file(state, str(scratch / WEIGHTS_FILE))
-        (scratch / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        save_folder(state, scratch, {"config": config, "source": f"{SMOLLM2} converted from its GGUF file"})
         tokenizer.save_pretrained(scratch)
         try:
             scratch.rename(folder)
@@ -187,7 +184,7 @@ def _load_smollm2(device: str) -> HookedTransformer:
     folder = cache_dir() / SMOLLM2_CACHE
     if not folder.exists():
         _write_smollm2_cache(folder)
-    config = json.loads((folder / CONFIG_FILE).read_text())
+    config = read_config(folder)["config"]
     model = HookedTransformer(
         # init_weights=False: random initialisation takes ~1.5 s, and the cache overwrites it anyway.
         HookedTransformerConfig(**config, device=device, init_weights=False),
@@ -195,7 +192,7 @@ def _load_smollm2(device: str) -> HookedTransformer:
     )
     # Not load_and_process_state_dict: with LayerNorm folding and centring off, and no value biases in
     # Llama to fold, it would only copy the weights in key by key (seconds); assign=True adopts them as loaded.
-    result = model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=device), strict=False, assign=True)
+    result = model.load_state_dict(load_weights(folder, device), strict=False, assign=True)
     # The cache holds parameters only; the constructor builds the buffers (causal mask, rotary tables).
     buffers = {name for name, _ in model.named_buffers()}
     if result.unexpected_keys or set(result.missing_keys) - buffers:

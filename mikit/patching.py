@@ -41,19 +41,14 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
+from mikit.core import Head, hook_layer, module_at
+
 Backend = Literal["tl", "nnsight"]
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
 Direction = Literal["denoise", "noise"]
 Index = tuple  # indexes an activation after its batch axis: (pos,), (slice(None), head), ...
 
 DIRECTIONS = ("denoise", "noise")
-
-
-def normalised_metric(value: Tensor | float, clean: float, corrupted: float) -> Tensor | float:
-    """0 where `value` equals the corrupted run's metric, 1 where it equals the clean run's."""
-    if clean == corrupted:
-        raise ValueError("the clean and corrupted metrics are equal, so there is nothing to normalise against.")
-    return (value - corrupted) / (clean - corrupted)
 
 
 def _runs(
@@ -72,13 +67,6 @@ def _runs(
         _, target_cache = model.run_with_cache(target, names_filter=lambda name: name.endswith(("hook_resid_pre", f"hook_{activation}")))
         _, source_cache = model.run_with_cache(source, names_filter=lambda name: name.endswith(f"hook_{activation}"))
     return target, target_cache, source_cache
-
-
-def _module(root, hook_name: str):
-    """The submodule at a dotted hook name, e.g. `blocks.3.attn.hook_z`, of a model or its nnsight wrapper."""
-    for part in hook_name.split("."):
-        root = root[int(part)] if part.isdigit() else getattr(root, part)
-    return root
 
 
 Setter = Callable[[Tensor, HookPoint, Index, Tensor], Tensor]
@@ -113,8 +101,8 @@ def _forward(
         resid, start_at_layer=layer, stop_at_layer=stop_at_layer, **({"remote": True} if remote else {})
     ):
         # nnsight needs modules touched in execution order: by layer, then in the order given.
-        for name in sorted(patches, key=lambda name: int(name.split(".")[1])):
-            activation = _module(traced, name).output
+        for name in sorted(patches, key=lambda name: hook_layer(name)):
+            activation = module_at(traced, name).output
             for rows, index in patches[name]:
                 activation[(rows, *index)] = source_cache[name][(slice(None), *index)]
         logits = traced.output.save()
@@ -137,6 +125,7 @@ def run_patches(
     source_cache: ActivationCache,
     metric: Metric,
     patches: Sequence[tuple[str, Index]],
+    *,
     batch_size: int = 256,
     progress: bool = True,
     backend: Backend = "tl",
@@ -172,7 +161,7 @@ def run_patches(
         if _copies_equal_values(target_cache, source_cache, name, index, setter):
             no_ops.append(i)
         else:
-            by_layer[int(name.split(".")[1])].append(i)
+            by_layer[hook_layer(name)].append(i)
     if no_ops:  # one unpatched pass through the last layer gives all their results
         last = model.cfg.n_layers - 1
         output = _forward(model, target_cache["resid_pre", last], last, {}, source_cache, backend, remote, setter, stop)
@@ -192,8 +181,8 @@ def run_patches(
 
 def _sweep(
     model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Metric, activation: str,
-    axes: dict[str, int], index_of: Callable[..., Index], direction: str, batch_size: int, progress: bool,
-    layers: Sequence[int] | None, backend: Backend = "tl", remote: bool = False, metric_input: str = "logits",
+    axes: dict[str, int], index_of: Callable[..., Index], *, direction: str, batch_size: int, progress: bool,
+    layers: Sequence[int] | None, backend: Backend, remote: bool, metric_input: str,
 ) -> Tensor:
     """Patch every index of `activation` in `layers` (default all); one result axis per entry of `axes`, NaN elsewhere."""
     n_layers = axes["layer"]
@@ -207,8 +196,8 @@ def _sweep(
     patches = [(get_act_name(activation, cell[0]), index_of(*cell[1:])) for cell in grid]
     results = torch.full(sizes, float("nan"))
     results[list(layers)] = run_patches(
-        model, target_cache, source_cache, metric, patches, batch_size, progress, backend, remote,
-        metric_input=metric_input,
+        model, target_cache, source_cache, metric, patches, batch_size=batch_size, progress=progress,
+        backend=backend, remote=remote, metric_input=metric_input,
     ).view(
         len(layers), *sizes[1:]
     )
@@ -218,7 +207,7 @@ def _sweep(
 def patch_residual(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
     metric: Metric, component: Literal["resid_pre", "attn_out", "mlp_out"] = "resid_pre",
-    direction: Direction = "denoise", batch_size: int = 256, progress: bool = True, layers: Sequence[int] | None = None,
+    *, direction: Direction = "denoise", batch_size: int = 256, progress: bool = True, layers: Sequence[int] | None = None,
     backend: Backend = "tl", remote: bool = False, metric_input: Literal["logits", "resid"] = "logits",
 ) -> Float[Tensor, "layer pos"]:
     """Patch one residual-stream component (`resid_pre`, `attn_out` or `mlp_out`) at one layer and position."""
@@ -226,12 +215,13 @@ def patch_residual(
         raise ValueError(f"component must be 'resid_pre', 'attn_out' or 'mlp_out', not {component!r}.")
     axes = {"layer": model.cfg.n_layers, "pos": clean_tokens.shape[1]}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, component, axes, lambda pos: (pos,),
-                  direction, batch_size, progress, layers, backend, remote, metric_input)
+                  direction=direction, batch_size=batch_size, progress=progress, layers=layers, backend=backend,
+                  remote=remote, metric_input=metric_input)
 
 
 def patch_head_out(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
-    metric: Metric, by_position: bool = False, direction: Direction = "denoise", batch_size: int = 256,
+    metric: Metric, *, by_position: bool = False, direction: Direction = "denoise", batch_size: int = 256,
     progress: bool = True, layers: Sequence[int] | None = None,
     backend: Backend = "tl", remote: bool = False, metric_input: Literal["logits", "resid"] = "logits",
 ) -> Float[Tensor, "layer head"] | Float[Tensor, "layer pos head"]:
@@ -240,27 +230,30 @@ def patch_head_out(
     if by_position:
         axes = {"layer": n_layers, "pos": clean_tokens.shape[1], "head": n_heads}
         return _sweep(model, clean_tokens, corrupted_tokens, metric, "z", axes, lambda pos, head: (pos, head),
-                      direction, batch_size, progress, layers, backend, remote, metric_input)
+                      direction=direction, batch_size=batch_size, progress=progress, layers=layers, backend=backend,
+                  remote=remote, metric_input=metric_input)
     axes = {"layer": n_layers, "head": n_heads}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, "z", axes, lambda head: (slice(None), head),
-                  direction, batch_size, progress, layers, backend, remote, metric_input)
+                  direction=direction, batch_size=batch_size, progress=progress, layers=layers, backend=backend,
+                  remote=remote, metric_input=metric_input)
 
 
 def patch_head_pattern(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
-    metric: Metric, direction: Direction = "denoise", batch_size: int = 256, progress: bool = True,
+    metric: Metric, *, direction: Direction = "denoise", batch_size: int = 256, progress: bool = True,
     layers: Sequence[int] | None = None,
     backend: Backend = "tl", remote: bool = False, metric_input: Literal["logits", "resid"] = "logits",
 ) -> Float[Tensor, "layer head"]:
     """Patch one head's attention pattern (`hook_pattern`, all queries and keys)."""
     axes = {"layer": model.cfg.n_layers, "head": model.cfg.n_heads}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, "pattern", axes, lambda head: (head,),
-                  direction, batch_size, progress, layers, backend, remote, metric_input)
+                  direction=direction, batch_size=batch_size, progress=progress, layers=layers, backend=backend,
+                  remote=remote, metric_input=metric_input)
 
 
 def patch_head_values(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
-    metric: Metric, direction: Direction = "denoise", batch_size: int = 256, progress: bool = True,
+    metric: Metric, *, direction: Direction = "denoise", batch_size: int = 256, progress: bool = True,
     layers: Sequence[int] | None = None,
     backend: Backend = "tl", remote: bool = False, metric_input: Literal["logits", "resid"] = "logits",
 ) -> Float[Tensor, "layer kv_head"]:
@@ -268,13 +261,14 @@ def patch_head_values(
     n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
     axes = {"layer": model.cfg.n_layers, "head": n_kv}
     return _sweep(model, clean_tokens, corrupted_tokens, metric, "v", axes, lambda head: (slice(None), head),
-                  direction, batch_size, progress, layers, backend, remote, metric_input)
+                  direction=direction, batch_size=batch_size, progress=progress, layers=layers, backend=backend,
+                  remote=remote, metric_input=metric_input)
 
 
 
 def attribution_patch(
     model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
-    metric: Metric, activation: str = "z", by_position: bool = False, direction: Direction = "denoise",
+    metric: Metric, activation: str = "z", *, by_position: bool = False, direction: Direction = "denoise",
     backend: Backend = "tl", remote: bool = False,
 ) -> Float[Tensor, "layer ..."]:
     """First-order estimate of every patch of `activation`, from two forward passes and one backward pass.
@@ -332,15 +326,12 @@ def _gradients_nnsight(model: HookedTransformer, tokens: Tensor, names: list[str
         # Values leave a trace only through saved objects: save the lists, append raw values to them.
         saved, grads = nnsight.save([]), nnsight.save([])
         for name in names:
-            saved.append(_module(traced, name).output)
+            saved.append(module_at(traced, name).output)
         value = metric(traced.output).save()
         with value.backward():
             for act in reversed(saved):
                 grads.append(act.grad)
     return value, saved, grads[::-1]
-
-
-Head = tuple[int, int]
 
 
 def path_patch(
@@ -408,33 +399,6 @@ def path_patch(
     return metric(logits)
 
 
-Ablation = Literal["zero", "mean", "resample"]
-ABLATIONS = ("zero", "mean", "resample")
-
-
-def ablate_head(
-    z: Float[Tensor, "batch pos head d_head"], hook: HookPoint, head: int, method: Ablation,
-    reference_z: Float[Tensor, "ref_batch pos head d_head"], perm: Int[Tensor, "batch"] | None = None,
-) -> Float[Tensor, "batch pos head d_head"]:
-    """A `hook_z` hook that removes what one head says about each prompt, in one of three ways.
-
-    "zero": its output is 0 (a value it may never take); "mean": its mean over the reference prompts,
-    per position (its typical output, no prompt-specific information); "resample": its output on
-    reference prompt `perm[i]` for prompt `i` (a real output, for another input).
-    """
-    if method not in ABLATIONS:
-        raise ValueError(f"method must be one of {ABLATIONS}, not {method!r}.")
-    if method == "zero":
-        z[:, :, head] = 0
-    elif method == "mean":
-        z[:, :, head] = reference_z[:, :, head].mean(0)
-    else:
-        if perm is None:
-            raise ValueError("resample ablation needs perm: which reference prompt each prompt takes its output from.")
-        z[:, :, head] = reference_z[perm.to(reference_z.device), :, head]
-    return z
-
-
 def necessary_and_sufficient(
     denoised: Float[Tensor, "layer head"], noised: Float[Tensor, "layer head"], threshold: float
 ) -> dict[str, list[tuple[int, int]]]:
@@ -464,13 +428,13 @@ def _path_patch_nnsight(
     ):
         for layer in range(first, receiver_layers[-1] + 1):
             if layer in wanted:  # q, k and v are computed before the head outputs
-                recorded[layer] = _module(traced, get_act_name(receiver_input, layer)).output.save()
-            _module(traced, get_act_name("z", layer)).output[:] = frozen_z(layer)
+                recorded[layer] = module_at(traced, get_act_name(receiver_input, layer)).output.save()
+            module_at(traced, get_act_name("z", layer)).output[:] = frozen_z(layer)
     with torch.inference_mode(), traced.trace(
         clean_cache["resid_pre", receiver_layers[0]], start_at_layer=receiver_layers[0], **options
     ):
         for layer in receiver_layers:
             heads = wanted[layer]
-            _module(traced, get_act_name(receiver_input, layer)).output[:, :, heads] = recorded[layer][:, :, heads]
+            module_at(traced, get_act_name(receiver_input, layer)).output[:, :, heads] = recorded[layer][:, :, heads]
         logits = traced.output.save()
     return metric(logits)

@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
+from mikit import core
 from mikit import induction as ref
 from mikit.checks import CheckFailed
 from mikit.checks import induction_heads as checks
@@ -156,14 +157,19 @@ def test_logit_attribution():
 
 # --- exercise 8 -------------------------------------------------------------------------
 def test_ablate_head():
-    checks.ablate_head(ref.ablate_head)
+    checks.ablate_head(lambda z, hook, head, mode: core.ablate_head(z, hook, head, mode))
 
     def all_heads(z, hook, head, mode):
-        return torch.zeros_like(z) if mode == "zero" else z.mean((0, 1), keepdim=True).expand_as(z)
+        return torch.zeros_like(z) if mode == "zero" else z.mean(0, keepdim=True).expand_as(z)
 
-    def mean_over_batch_only(z, hook, head, mode):
+    def mean_over_positions_too(z, hook, head, mode):
         z = z.clone()
-        z[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean(0)
+        z[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean((0, 1))
+        return z
+
+    def mean_over_positions_only(z, hook, head, mode):
+        z = z.clone()
+        z[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean(1, keepdim=True)
         return z
 
     def mean_over_d_head(z, hook, head, mode):
@@ -176,8 +182,9 @@ def test_ablate_head():
         z[:, :, head] = 0.0
         return z
 
-    for wrong in (all_heads, mean_over_batch_only, mean_over_d_head, zero_only):
+    for wrong in (all_heads, mean_over_positions_only, mean_over_d_head, zero_only):
         rejects(checks.ablate_head, wrong)
+    rejects(checks.ablate_head, mean_over_positions_too, match="averages over positions as well")
 
 
 # --- exercise 9 -------------------------------------------------------------------------

@@ -20,11 +20,11 @@ import mikit
 import mikit.checks
 from replay import recorded  # tests/replay.py
 from alternatives import ioi as alternatives  # tests/alternatives/
-from mikit import hidden, patching
+from mikit import core, hidden, patching
 from mikit import ioi as ref
 from mikit.checks import CheckFailed, hidden_variant
 from mikit.checks import ioi as checks
-from mikit.datasets.ioi import logit_diff as ref_logit_diff
+from mikit.ioi import logit_diff as ref_logit_diff
 
 # Found in SmolLM2 by notebook 02's analysis: its solution's 20-head circuit, receivers and senders.
 CIRCUIT = [
@@ -226,7 +226,7 @@ WRONG_NORMALISED = [
 
 
 def test_normalised_logit_diff():
-    checks.normalised_logit_diff(ref.normalised_logit_diff)
+    checks.normalised_logit_diff(core.normalised_metric)
     for wrong, match in WRONG_NORMALISED:
         rejects(checks.normalised_logit_diff, wrong, match=match)
 
@@ -394,7 +394,7 @@ REFERENCE = {  # grade_id -> the reference of the student object the check recei
     "residual_stack_to_logit_diff": ref.residual_stack_to_logit_diff,
     "attention_between": ref.attention_between,
     "classify_heads": ref.classify_heads,
-    "normalised_logit_diff": ref.normalised_logit_diff,
+    "normalised_logit_diff": core.normalised_metric,
     "patch_head_hook": ref.patch_head_hook,
     "path_patch_to_queries": ref.path_patch_to_queries,
     "mean_ablate_outside": ref.mean_ablate_outside,
@@ -524,7 +524,7 @@ def test_a_wrong_function_fails_through_the_wire(wire):
 def test_calling_the_reference_scores_zero(wire):
     from mikit import ioi
 
-    with pytest.raises(CheckFailed, match="calls the reference `mikit.datasets.ioi.logit_diff`"):
+    with pytest.raises(CheckFailed, match="calls the reference `mikit.ioi.logit_diff`"):
         wire("logit_diff", lambda logits, ds: ioi.logit_diff(logits, ds))
     with pytest.raises(CheckFailed, match="calls the reference `mikit.patching.path_patch`"):
         wire("path_patch_to_queries", lambda model, ds, clean, corrupted, senders, receivers: patching.path_patch(

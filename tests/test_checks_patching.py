@@ -16,7 +16,7 @@ from replay import assert_replayed_answers_fail  # tests/replay.py
 from alternatives import patching as alternatives  # tests/alternatives/
 from transformer_lens.utilities import get_act_name
 
-from mikit import hidden
+from mikit import core, hidden
 from mikit import patching as ref
 from mikit.checks import CheckFailed, hidden_variant
 from mikit.checks import patching as checks
@@ -476,10 +476,11 @@ def test_calling_the_reference_scores_zero(wire):
         "necessary_and_sufficient": ref.necessary_and_sufficient,
         "path_patch": lambda *args: ref.path_patch(*args).item(),
         "attribution_patch_heads": lambda model, clean, corrupted, metric: ref.attribution_patch(model, clean, corrupted, metric),
-        "ablate_head": ref.ablate_head,
+        "ablate_head": lambda z, hook, head, method, reference_z, perm: core.ablate_head(
+            z, hook, head, method, reference_z=reference_z, perm=perm),
     }
     for gid, cheat in cases.items():
-        with pytest.raises(CheckFailed, match=r"calls the reference `mikit\.patching\."):
+        with pytest.raises(CheckFailed, match=r"calls the reference `mikit\.(patching|core\.hooks)\."):
             wire(gid, cheat)
 
     def engine_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):

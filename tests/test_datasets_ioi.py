@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import mikit
-from mikit.datasets.ioi import NAMES, TEMPLATES, IOIDataset, logit_diff
+from mikit.datasets.ioi import NAMES, TEMPLATES, IOIDataset
+from mikit.ioi import logit_diff
 
 
 @pytest.fixture(scope="module")

@@ -66,16 +66,6 @@ def test_logit_attribution_sums_to_the_logits(toy):
     torch.testing.assert_close(dla, correct, atol=1e-3, rtol=1e-3)
 
 
-def test_ablate_head_changes_one_head_only():
-    z = torch.randn(2, 3, 4, 5)
-    zeroed = induction.ablate_head(z, None, 1, "zero")
-    assert zeroed[:, :, 1].abs().sum() == 0 and torch.equal(zeroed[:, :, [0, 2, 3]], z[:, :, [0, 2, 3]])
-    meaned = induction.ablate_head(z, None, 1, "mean")
-    torch.testing.assert_close(meaned[0, 0, 1], z[:, :, 1].mean((0, 1)))
-    with pytest.raises(ValueError, match="mode must be 'zero' or 'mean'"):
-        induction.ablate_head(z, None, 1, "resample")
-
-
 def test_composition_and_copying_scores():
     eye = torch.eye(4)
     assert induction.composition_score(eye, eye) == pytest.approx(0.5)  # ‖I‖_F = 2
@@ -100,3 +90,15 @@ def test_toy_model_has_the_induction_circuit(toy):
     increase = induction.ablation_loss_increase(toy, tokens, 30)
     assert increase[prev_head] > 1.0 and max(increase.values()) == increase[prev_head]
     assert increase[best_induction_head] < 0.5
+
+
+def test_random_composition_baseline_is_one_over_sqrt_d_model():
+    # Notebook 01 reads K-composition scores against chance: about 1/sqrt(d_model), not 1/sqrt(d_head).
+    d_model, d_head, gen = 128, 32, torch.Generator().manual_seed(0)
+
+    def random_low_rank() -> torch.Tensor:
+        return torch.randn(d_model, d_head, generator=gen) @ torch.randn(d_head, d_model, generator=gen)
+
+    scores = torch.tensor([induction.composition_score(random_low_rank(), random_low_rank()) for _ in range(200)])
+    assert abs(scores.mean().item() - d_model**-0.5) < 0.05 * d_model**-0.5
+    assert scores.mean().item() < 0.6 * d_head**-0.5

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from mikit import models
+from mikit import models, storage
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 PROMPTS = [IOI_PROMPT, "The capital of France is Paris, and the capital of Italy is"]
@@ -71,13 +71,13 @@ def test_smollm2_cache_is_atomic_safe_and_fast(tmp_path, monkeypatch, hf_smollm2
     folder = tmp_path / models.SMOLLM2_CACHE
     assert list(tmp_path.iterdir()) == [folder]
     files = {path.name: path for path in folder.iterdir()}
-    assert {models.WEIGHTS_FILE, models.CONFIG_FILE, "tokenizer.json"} <= files.keys()
+    assert {storage.WEIGHTS_FILE, storage.CONFIG_FILE, "tokenizer.json"} <= files.keys()
     # Only safetensors, JSON and the chat-template text: nothing that unpickles.
     assert {path.suffix for path in files.values()} <= {".safetensors", ".json", ".jinja"}
     for path in files.values():
         if path.suffix == ".json":
             json.loads(path.read_text())
-    with safe_open(files[models.WEIGHTS_FILE], framework="pt") as weights:
+    with safe_open(files[storage.WEIGHTS_FILE], framework="pt") as weights:
         assert "unembed.W_U" in weights.keys()
 
     monkeypatch.setattr(models, "load_hf_smollm2", lambda: pytest.fail("a cached load must not read the GGUF"))

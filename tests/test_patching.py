@@ -106,12 +106,6 @@ def test_grouped_query_values_have_one_entry_per_value_head(tokens):
     torch.testing.assert_close(got, one, atol=1e-5, rtol=0)
 
 
-def test_normalised_metric():
-    assert patching.normalised_metric(torch.tensor([1.0, 3.0, 2.0]), clean=3.0, corrupted=1.0).tolist() == [0, 1, 0.5]
-    with pytest.raises(ValueError, match="equal"):
-        patching.normalised_metric(1.0, 2.0, 2.0)
-
-
 def test_bad_input_gets_one_sentence(model, tokens):
     clean, corrupted = tokens
     with pytest.raises(ValueError, match="same shape"):
@@ -278,21 +272,6 @@ def test_patches_that_copy_identical_values_are_not_run(model, tokens, monkeypat
     n_run = n_layers * n_pos - (n_layers + 3)
     assert sum(rows) == n_prompts * (n_run + 1)  # plus one unpatched pass for all the no-ops
     torch.testing.assert_close(got[:, 0], metric(model(corrupted)).expand(n_layers), atol=1e-5, rtol=0)
-
-
-def test_ablate_head_by_hand():
-    z = torch.arange(2 * 3 * 2 * 1, dtype=torch.float).view(2, 3, 2, 1)
-    reference = torch.tensor([[1.0], [3.0], [5.0]]).view(3, 1, 1, 1).expand(3, 3, 2, 1)
-    hook = None
-    assert patching.ablate_head(z.clone(), hook, 1, "zero", reference)[:, :, 1].abs().sum() == 0
-    mean = patching.ablate_head(z.clone(), hook, 1, "mean", reference)
-    assert torch.equal(mean[:, :, 1], torch.full((2, 3, 1), 3.0)) and torch.equal(mean[:, :, 0], z[:, :, 0])
-    resampled = patching.ablate_head(z.clone(), hook, 0, "resample", reference, perm=torch.tensor([2, 0]))
-    assert torch.equal(resampled[:, 0, 0, 0], torch.tensor([5.0, 1.0]))
-    with pytest.raises(ValueError, match="method must be one of"):
-        patching.ablate_head(z, hook, 0, "random", reference)
-    with pytest.raises(ValueError, match="needs perm"):
-        patching.ablate_head(z, hook, 0, "resample", reference)
 
 
 def test_necessary_and_sufficient_reads_noising_from_one():

@@ -13,14 +13,12 @@ from mikit.zoo import (
     RECIPES,
     ZOO_MODELS,
     held_out_text,
-    induction_scores,
     load_zoo_model,
     model_folder,
-    previous_token_scores,
     read_config,
-    repeated_sequence_losses,
     train,
 )
+from mikit.induction import model_induction_scores, model_previous_token_scores, repeated_sequence_losses, summarize_model
 from mikit.zoo.__main__ import main
 
 NAME = "attn-only-2l"
@@ -38,8 +36,8 @@ def model():
 
 
 def test_shipped_model_has_induction_and_previous_token_heads(model):
-    assert induction_scores(model, seq_len=50, batch=16).max() >= 0.8
-    assert previous_token_scores(model, held_out_text(seq_len=model.cfg.n_ctx))[0].max() >= 0.7
+    assert model_induction_scores(model, seq_len=50, batch=16).max() >= 0.8
+    assert model_previous_token_scores(model, held_out_text(seq_len=model.cfg.n_ctx))[0].max() >= 0.7
     first, second = repeated_sequence_losses(model, seq_len=50, batch=16)
     assert second < first / 5
 
@@ -47,8 +45,9 @@ def test_shipped_model_has_induction_and_previous_token_heads(model):
 def test_shipped_folder_holds_no_pickles_and_records_its_recipe():
     folder = model_folder(NAME)
     assert {path.suffix for path in folder.iterdir()} <= SHIPPED_SUFFIXES
-    record = read_config(folder)["recipe"]
-    assert record["name"] == NAME and record["steps"] == RECIPES[NAME].steps
+    record = read_config(folder)
+    assert record["recipe"]["name"] == NAME and record["recipe"]["steps"] == RECIPES[NAME].steps
+    assert record["config"] == RECIPES[NAME].hooked_config()
     assert record["metrics"]["induction_score"] >= 0.8 and record["metrics"]["prev_token_score"] >= 0.7
 
 
@@ -78,8 +77,9 @@ def test_list_command(capsys):
 
 
 def test_short_recipe_reaches_the_induction_bar_and_reloads_exactly(tmp_path, monkeypatch):
-    trained = train(SHORT_RECIPE, tmp_path / NAME, progress=False)
-    assert read_config(tmp_path / NAME)["recipe"]["metrics"]["induction_score"] >= 0.8
+    measure = lambda model, text: summarize_model(model, text, seq_len=SHORT_RECIPE.eval_repeat_len)  # noqa: E731
+    trained = train(SHORT_RECIPE, tmp_path / NAME, progress=False, measure=measure)
+    assert read_config(tmp_path / NAME)["metrics"]["induction_score"] >= 0.8
     assert {path.suffix for path in (tmp_path / NAME).iterdir()} <= SHIPPED_SUFFIXES
 
     monkeypatch.setenv("MIKIT_ZOO_DIR", str(tmp_path))

@@ -8,10 +8,11 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from mikit import core
 from mikit import induction as ref
 from mikit.checks import (
     CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, offline_model, passed,
-    reveal, seeded, size,
+    reject_known_mistakes, reveal, seeded, size,
 )
 from mikit.session import TOY_LM
 
@@ -158,10 +159,11 @@ def logit_attribution(fn: Callable) -> None:
 
 
 def ablate_head(fn: Callable) -> None:
-    """Exercise 8: zero and mean ablation hook on hook_z."""
+    """Exercise 8: zero and (per-position) mean ablation hook on hook_z."""
     __tracebackhide__ = True
     heads = size(4)
     z = torch.randn(size(3), size(5), heads, size(6), generator=seeded(8)) + 1.0
+    z += torch.arange(z.shape[1])[None, :, None, None]  # positions differ on average, as in a real model
     head = heads - 2
     name = "ablate_head"
     for mode in ("zero", "mean"):
@@ -170,15 +172,22 @@ def ablate_head(fn: Callable) -> None:
         if got is None:  # a hook may edit its input in place and return nothing, as TransformerLens allows
             got = edited
         got = expect_tensor(got, name, z.shape, "batch pos head d_head")
-        want = ref.ablate_head(original, None, head, mode)
+        want = core.ablate_head(original.clone(), None, head, mode)
         others = [h for h in range(heads) if h != head]
         if not torch.allclose(got[:, :, others], original[:, :, others]):
             raise CheckFailed(f"`ablate_head` (mode={mode!r}) changed heads other than the one asked for")
+        if mode == "mean":
+            over_positions = original.clone()
+            over_positions[:, :, head] = original[:, :, head].mean(dim=(0, 1))
+            reject_known_mistakes(got, [(over_positions, (
+                "`ablate_head` (mode='mean') averages over positions as well: take the mean over the batch only, "
+                "so each position keeps its own average (averaging over positions also removes positional signal)"
+            ))], want)
         expect_close(
             got, want, f"{name}(mode={mode!r})",
-            hint="mean ablation replaces the head's output by its mean over batch and positions (keep d_head)",
+            hint="mean ablation replaces the head's output at each position by its mean over the batch (keep pos and d_head)",
         )
-    passed(name, "zero and mean ablation")
+    passed(name, "zero and per-position mean ablation")
 
 
 def ov_copying_score(fn: Callable, model: HookedTransformer) -> None:
@@ -260,7 +269,7 @@ EXERCISES = {
     ),
     "per_token_loss": Exercise(per_token_loss, ("per_token_loss",), forbidden=(ref.per_token_loss,)),
     "logit_attribution": Exercise(logit_attribution, ("logit_attribution",), forbidden=(ref.logit_attribution,)),
-    "ablate_head": Exercise(ablate_head, ("ablate_head",), forbidden=(ref.ablate_head,)),
+    "ablate_head": Exercise(ablate_head, ("ablate_head",), forbidden=(core.ablate_head,)),
     "ov_copying_score": Exercise(ov_copying_score, ("ov_copying_score",), _toy, (ref.ov_copying_score,)),
     "composition_score": Exercise(composition_score, ("composition_score",), forbidden=(ref.composition_score,)),
     "top_heads": Exercise(top_heads, ("top_heads",), forbidden=(ref.top_heads,)),

@@ -15,17 +15,15 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerBase
 
+from mikit import core, patching
 from mikit import ioi as ref
-from mikit import patching
 from mikit.checks import (
     CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, hook_point,
     offline_model, passed, reveal, seeded, size,
 )
-from mikit.datasets import ioi as datasets
+from mikit.core import Head
 from mikit.datasets.ioi import IOIDataset
 from mikit.hidden import recipe
-
-Head = tuple[int, int]
 
 # Wang et al. 2022, GPT-2 small (layer, head).
 PAPER_HEADS: dict[str, list[Head]] = {
@@ -257,7 +255,7 @@ def normalised_logit_diff(fn: Callable) -> None:
         between = torch.randn(size(4) - 2, generator=seeded(2)) * 2 + 1
         patched = torch.cat([torch.tensor([corrupted, clean]), between])[torch.randperm(size(4), generator=seeded(3))]
     got = expect_tensor(call_student(fn, name, patched, clean, corrupted), name, patched.shape)
-    want = ref.normalised_logit_diff(patched, clean, corrupted)
+    want = core.normalised_metric(patched, clean, corrupted)
     if not torch.allclose(got, want, atol=1e-6):
         raise CheckFailed(
             reveal(f"for clean {clean}, corrupted {corrupted} and patched {patched.tolist()} you gave {got.tolist()}, "
@@ -419,14 +417,14 @@ def _real_lm() -> tuple:
 
 
 EXERCISES = {
-    "logit_diff": Exercise(logit_diff, ("logit_diff",), _tiny, (datasets.logit_diff,)),
+    "logit_diff": Exercise(logit_diff, ("logit_diff",), _tiny, (ref.logit_diff, core.logit_diff)),
     "residual_stack_to_logit_diff": Exercise(
         residual_stack_to_logit_diff, ("residual_stack_to_logit_diff",), _tiny, (ref.residual_stack_to_logit_diff,)
     ),
     "attention_between": Exercise(attention_between, ("attention_between",), _tiny, (ref.attention_between,)),
     "classify_heads": Exercise(classify_heads, ("classify_heads",), _classify_context, (ref.classify_heads,)),
     "normalised_logit_diff": Exercise(
-        normalised_logit_diff, ("normalised_logit_diff",), forbidden=(ref.normalised_logit_diff, patching.normalised_metric)
+        normalised_logit_diff, ("normalised_logit_diff",), forbidden=(core.normalised_metric,)
     ),
     "patch_head_hook": Exercise(
         patch_head_hook, ("patch_head_hook",), forbidden=(ref.patch_head_hook, patching.copy_index)

@@ -18,14 +18,15 @@ from transformer_lens import ActivationCache, HookedTransformer, HookedTransform
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
+from mikit import core
 from mikit import patching as ref
+from mikit.core import Head
 from mikit.checks import (
     CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, hook_point, passed,
     reject_known_mistakes, reveal, seeded, size,
 )
 from mikit.hidden import recipe
 
-Head = tuple[int, int]
 D_VOCAB = 40
 # Path patching's effects in these random models are small (one path through q moves the notebook's metric by
 # 1.3e-4), and a correct solution repeats the reference's operations (differences of 0 to 1e-7): 1e-5 tells
@@ -403,7 +404,7 @@ def ablate_head(fn: Callable) -> None:
     for method in ("zero", "mean", "resample"):
         got = expect_tensor(_run_hook(fn, name, z.clone(), hook, head, method, reference, perm), name, z.shape,
                             "batch pos head d_head")
-        want = ref.ablate_head(z.clone(), hook, head, method, reference, perm)
+        want = core.ablate_head(z.clone(), hook, head, method, reference_z=reference, perm=perm)
 
         def replaced(value: Tensor) -> Tensor:
             out = z.clone()
@@ -441,5 +442,5 @@ EXERCISES = {
         attribution_patch_heads, ("attribution_patch_heads",),
         forbidden=(ref.attribution_patch, ref._gradients_tl, ref._gradients_nnsight),
     ),
-    "ablate_head": Exercise(ablate_head, ("ablate_head",), forbidden=(ref.ablate_head,)),
+    "ablate_head": Exercise(ablate_head, ("ablate_head",), forbidden=(core.ablate_head,)),
 }

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
@@ -234,10 +234,3 @@ class IOIDataset:
             f"IOIDataset({len(self)} prompts: {abba} ABBA, {len(self) - abba} BABA; "
             f"{len(self.templates)} templates, {len(self.names)} names, seed={self.seed})"
         )
-
-
-def logit_diff(logits: Float[Tensor, "batch pos vocab"], ds: IOIDataset) -> Float[Tensor, "batch"]:
-    """Each prompt's logit of the indirect object minus that of the subject, at its END position."""
-    batch = torch.arange(len(ds), device=logits.device)
-    end_logits = logits[batch, ds.word_idx["END"].to(logits.device)]
-    return end_logits[batch, ds.io_tokens.to(logits.device)] - end_logits[batch, ds.s_tokens.to(logits.device)]

@@ -18,13 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from mikit.paths import XATTN_DIR
 from mikit.xattn.model import TinyT2I, TinyT2IConfig
 from mikit.xattn.parser import VERDICTS, compare, parse_scene
 from mikit.xattn.training import SceneData, sample, train_t2i
-from mikit.zoo.storage import CONFIG_FILE, WEIGHTS_FILE, read_config, save_model_folder
+from mikit.storage import is_saved, load_weights, read_config, save_folder
 
 
 
@@ -109,8 +108,7 @@ def rounded(value):
 
 def save_trained(model, out: Path, recipe: Recipe, metrics: dict, seconds: float) -> None:
     """Save a trained model into `out`: its weights, shape, recipe, metrics and how long training took where."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_model_folder(model, out, {
+    save_folder(model, out, {
         "config": model.cfg.to_dict(), "recipe": asdict(recipe), "metrics": rounded(metrics),
         "train_seconds": round(seconds), "threads": torch.get_num_threads(),
         "trained_on": f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -119,11 +117,11 @@ def save_trained(model, out: Path, recipe: Recipe, metrics: dict, seconds: float
 
 def load_trained(folder: Path, build, what: str, command: str):
     """The model saved by `save_trained` in `folder`, built by `build(config_dict)`, in eval mode."""
-    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+    if not is_saved(folder):
         raise FileNotFoundError(f"{folder} holds no trained {what}: run `python -m mikit.xattn {command}` to make one.")
     info = read_config(folder)
     model = build(info["config"])
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    model.load_state_dict(load_weights(folder))
     model.info = info
     return model.eval()
 

@@ -12,9 +12,8 @@ from pathlib import Path
 from transformer_lens import HookedTransformer
 
 from mikit.paths import ZOO_DIR
-from mikit.zoo.metrics import induction_scores, previous_token_scores, repeated_sequence_losses
-from mikit.zoo.recipes import RECIPES, Recipe, held_out_text, train
-from mikit.zoo.storage import load_model_folder, read_config
+from mikit.storage import is_saved, load_weights, read_config
+from mikit.zoo.recipes import RECIPES, Recipe, build_model, held_out_text, train
 
 ZOO_MODELS = {name: recipe.description for name, recipe in RECIPES.items()}
 
@@ -34,9 +33,17 @@ def model_folder(name: str) -> Path:
 def load_zoo_model(name: str, device: str | None = None) -> HookedTransformer:
     """Load zoo model `name` in eval mode on `device` (default CPU), tokenizer attached."""
     folder = model_folder(name)
-    if not (folder / "config.json").exists():
+    if not is_saved(folder):
         raise FileNotFoundError(f"Zoo model {name!r} is not in {folder}; train it with `python -m mikit.zoo train {name}`.")
     return load_model_folder(folder, device)
+
+
+def load_model_folder(folder: Path, device: str | None = None) -> HookedTransformer:
+    """The zoo model saved in `folder` (by `train`), in eval mode on `device` (default CPU)."""
+    device = device or "cpu"
+    model = build_model(read_config(folder)["config"], folder, device)
+    model.load_state_dict(load_weights(folder, device))
+    return model.eval()
 
 
 __all__ = [
@@ -45,13 +52,10 @@ __all__ = [
     "ZOO_MODELS",
     "Recipe",
     "held_out_text",
-    "induction_scores",
     "load_model_folder",
     "load_zoo_model",
     "model_folder",
-    "previous_token_scores",
     "read_config",
-    "repeated_sequence_losses",
     "train",
     "zoo_dir",
 ]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from mikit.induction import summarize_model
 from mikit.zoo import RECIPES, ZOO_MODELS, read_config, train, zoo_dir
 
 
@@ -27,9 +28,9 @@ def _train(args: argparse.Namespace) -> int:
     # The recipes are sized for, and their timings recorded on, a 2-core CPU.
     torch.set_num_threads(args.threads)
     out = args.out or zoo_dir() / args.name
-    train(recipe, out)
-    record = read_config(out)["recipe"]
-    print(f"wrote {out} in {record['train_seconds']} s")
+    train(recipe, out, measure=lambda model, text: summarize_model(model, text, seq_len=recipe.eval_repeat_len))
+    record = read_config(out)
+    print(f"wrote {out} in {record['recipe']['train_seconds']} s")
     print(json.dumps(record["metrics"], indent=2))
     return 0
 

@@ -11,17 +11,19 @@ from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 
+import warnings
+from typing import Callable
+
 import torch
 import torch.utils.deterministic
 from jaxtyping import Int
 from pydoc_data.topics import topics
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mikit.zoo.metrics import summarize
-from mikit.zoo.storage import build_model, save_model_folder
-from mikit.zoo.tokenizer import BOS_TOKEN, FIRST_CHAR_ID, VOCAB, build_char_tokenizer, char_backend
+from mikit.storage import save_folder
+from mikit.zoo.tokenizer import BOS_TOKEN, FIRST_CHAR_ID, VOCAB, build_char_tokenizer, char_backend, load_char_tokenizer
 
 HELD_OUT_FRACTION = 0.05  # tail of the corpus kept out of training, for the text metrics
 
@@ -149,6 +151,15 @@ def _lr_factor(recipe: Recipe, step: int) -> float:
     return 1.0 - 0.9 * (step - decay_start) / (recipe.steps - decay_start)
 
 
+def build_model(hooked_config: dict, folder: Path, device: str = "cpu") -> HookedTransformer:
+    """A freshly initialised model for `hooked_config`, with the character tokenizer saved in `folder`."""
+    cfg = HookedTransformerConfig(**hooked_config, device=device)
+    # TransformerLens 3.9 flags HookedTransformer itself as deprecated; students need not see that here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+        return HookedTransformer(cfg, tokenizer=load_char_tokenizer(folder))
+
+
 @contextmanager
 def _deterministic() -> Iterator[None]:
     """Deterministic kernels while inside, so a seed reproduces a run exactly on the same machine and threads."""
@@ -164,8 +175,14 @@ def _deterministic() -> Iterator[None]:
         torch.utils.deterministic.fill_uninitialized_memory = saved[1]
 
 
-def train(recipe: Recipe, out: Path, progress: bool = True) -> HookedTransformer:
-    """Train `recipe` from scratch, write the model folder `out`, and return the model in eval mode."""
+def train(
+    recipe: Recipe, out: Path, *, progress: bool = True, measure: Callable[[HookedTransformer, Tensor], dict] | None = None
+) -> HookedTransformer:
+    """Train `recipe` from scratch, write the model folder `out`, and return the model in eval mode.
+
+    `measure(model, held_out_tokens)` gives the metrics recorded with the model (`python -m mikit.zoo train`
+    passes `mikit.induction.summarize_model`); without it none are recorded.
+    """
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     # Saved first so the model gets its tokenizer from the folder, exactly as loading will.
@@ -196,11 +213,10 @@ def train(recipe: Recipe, out: Path, progress: bool = True) -> HookedTransformer
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
 
-    metrics = summarize(model, held_out_text(seq_len=recipe.seq_len), seq_len=recipe.eval_repeat_len)
-    config = {
-        "name": recipe.name,
-        "description": recipe.description,
-        "hooked_transformer_config": recipe.hooked_config(),
+    metrics = measure(model, held_out_text(seq_len=recipe.seq_len)) if measure else {}
+    record = {
+        "config": recipe.hooked_config(),
+        "metrics": metrics,
         "recipe": {
             **asdict(recipe),
             "data": (
@@ -216,8 +232,7 @@ def train(recipe: Recipe, out: Path, progress: bool = True) -> HookedTransformer
                 "torch": torch.__version__,
                 "transformer_lens": version("transformer_lens"),
             },
-            "metrics": metrics,
         },
     }
-    save_model_folder(model, out, config)
+    save_folder(model, out, record)
     return model

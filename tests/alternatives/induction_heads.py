@@ -127,20 +127,20 @@ def ablate_head__in_place(z, hook, head, mode="zero"):
     if mode == "zero":
         z[:, :, head, :] = 0
     else:
-        z[:, :, head, :] = z[:, :, head, :].mean(dim=0).mean(dim=0)
+        z[:, :, head, :] = z[:, :, head, :].mean(dim=0)
     return z
 
 
 def ablate_head__mask(z, hook, head, mode="zero"):
     mask = torch.zeros(z.shape[2], 1)
     mask[head] = 1
-    replacement = torch.zeros_like(z) if mode == "zero" else z.mean(dim=(0, 1), keepdim=True).expand_as(z)
+    replacement = torch.zeros_like(z) if mode == "zero" else z.mean(dim=0, keepdim=True).expand_as(z)
     return z * (1 - mask) + replacement * mask
 
 
 def ablate_head__in_place_returns_none(z, hook, head, mode="zero"):
     """As TransformerLens allows: edit the activation in place and return nothing."""
-    z[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean(dim=(0, 1))
+    z[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean(dim=0)
 
 
 # --- exercise 9: ov_copying_score(W_E, W_V, W_O, W_U) ---------------------------------------------

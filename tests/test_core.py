@@ -1,0 +1,162 @@
+"""The core layer: head ablation, hook names, shared metrics, one saved-model layout, and the layering itself."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from mikit import core, storage
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mikit"
+# Layers from the bottom; a module may import only from its own layer or below. `__main__` modules are
+# command lines, on top of everything. The checks, grading and build sit above the techniques.
+LAYERS = {
+    "core": ["mikit.core", "mikit.paths"],
+    "sources": ["mikit.storage", "mikit.models", "mikit.zoo", "mikit.datasets", "mikit.session"],
+    "techniques": ["mikit.induction", "mikit.ioi", "mikit.patching", "mikit.sae", "mikit.xattn"],
+}
+
+
+# ---- ablate_head ----------------------------------------------------------------------------------
+
+
+def test_ablate_head_zero_and_per_position_mean_change_one_head_only():
+    z = torch.randn(3, 4, 5, 2) + torch.arange(4.0)[None, :, None, None]
+    zeroed = core.ablate_head(z.clone(), None, 1, "zero")
+    assert zeroed[:, :, 1].abs().sum() == 0 and torch.equal(zeroed[:, :, [0, 2, 3, 4]], z[:, :, [0, 2, 3, 4]])
+    meaned = core.ablate_head(z.clone(), None, 1, "mean")
+    # each position keeps its own mean over the batch: the positional signal stays
+    torch.testing.assert_close(meaned[0, :, 1], z[:, :, 1].mean(0))
+    assert not torch.allclose(meaned[0, 0, 1], meaned[0, 3, 1])
+    assert torch.equal(meaned[:, :, [0, 2, 3, 4]], z[:, :, [0, 2, 3, 4]])
+
+
+def test_ablate_head_with_reference_prompts_and_resampling():
+    z = torch.arange(2 * 3 * 2 * 1, dtype=torch.float).view(2, 3, 2, 1)
+    reference = torch.tensor([[1.0], [3.0], [5.0]]).view(3, 1, 1, 1).expand(3, 3, 2, 1)
+    mean = core.ablate_head(z.clone(), None, 1, "mean", reference_z=reference)
+    assert torch.equal(mean[:, :, 1], torch.full((2, 3, 1), 3.0)) and torch.equal(mean[:, :, 0], z[:, :, 0])
+    resampled = core.ablate_head(z.clone(), None, 0, "resample", reference_z=reference, perm=torch.tensor([2, 0]))
+    assert torch.equal(resampled[:, 0, 0, 0], torch.tensor([5.0, 1.0]))
+    # without a reference, each prompt takes the next prompt's output
+    rolled = core.ablate_head(z.clone(), None, 0, "resample")
+    assert torch.equal(rolled[:, :, 0], z[[1, 0], :, 0]) and torch.equal(rolled[:, :, 1], z[:, :, 1])
+
+
+def test_ablate_head_edits_in_place_and_refuses_bad_input():
+    z = torch.ones(2, 3, 2, 1)
+    assert core.ablate_head(z, None, 0) is z and z[:, :, 0].sum() == 0
+    with pytest.raises(ValueError, match="method must be one of"):
+        core.ablate_head(z, None, 0, "random")
+    with pytest.raises(ValueError, match="at least two reference prompts"):
+        core.ablate_head(torch.ones(1, 3, 2, 1), None, 0, "resample")
+
+
+def test_ablate_head_runs_as_a_transformer_lens_hook():
+    from mikit.models import load_model
+
+    model = load_model("attn-only-2l")
+    tokens = model.to_tokens("abcabcabc")
+    logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: core.ablate_head(z, hook, 2))])
+    assert not torch.allclose(logits, model(tokens))
+
+
+# ---- hook names and metrics -----------------------------------------------------------------------
+
+
+def test_hook_layer_and_module_at():
+    assert core.hook_layer("blocks.11.attn.hook_z") == 11
+    with pytest.raises(ValueError, match="per-layer hook name"):
+        core.hook_layer("hook_embed")
+    root = nn.Module()
+    root.blocks = nn.ModuleList([nn.Module(), nn.Linear(2, 2)])
+    assert core.module_at(root, "blocks.1") is root.blocks[1]
+
+
+def test_normalised_metric():
+    assert core.normalised_metric(torch.tensor([1.0, 3.0, 2.0]), clean=3.0, corrupted=1.0).tolist() == [0, 1, 0.5]
+    with pytest.raises(ValueError, match="equal"):
+        core.normalised_metric(1.0, 2.0, 2.0)
+
+
+def test_logit_diff_reads_each_prompt_at_its_own_position():
+    logits = torch.zeros(2, 3, 5)
+    logits[0, 1, 4], logits[0, 1, 2] = 3.0, 1.0  # prompt 0 reads position 1
+    logits[1, 2, 0], logits[1, 2, 1] = -1.0, 1.0  # prompt 1 reads position 2
+    got = core.logit_diff(logits, torch.tensor([1, 2]), correct=torch.tensor([4, 0]), wrong=torch.tensor([2, 1]))
+    assert got.tolist() == [2.0, -2.0]
+
+
+def test_per_token_loss_is_the_next_token_cross_entropy():
+    logits, tokens = torch.randn(2, 4, 7), torch.randint(0, 7, (2, 4))
+    want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 7), tokens[:, 1:].reshape(-1), reduction="none")
+    torch.testing.assert_close(core.per_token_loss(logits, tokens), want.view(2, 3))
+
+
+# ---- storage --------------------------------------------------------------------------------------
+
+
+def test_saved_model_round_trips_in_the_one_layout(tmp_path):
+    model = nn.Linear(3, 2)
+    storage.save_folder(model, tmp_path / "m", {"config": {"in": 3, "out": 2}, "metrics": {"loss": 1.0}})
+    assert storage.is_saved(tmp_path / "m") and sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        storage.CONFIG_FILE, storage.WEIGHTS_FILE]
+    assert storage.read_config(tmp_path / "m")["config"] == {"in": 3, "out": 2}
+    loaded = storage.load_weights(tmp_path / "m")
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="needs a 'config' entry"):
+        storage.save_folder(model, tmp_path / "n", {"metrics": {}})
+
+
+@pytest.mark.parametrize("folder", ["data/zoo/attn-only-2l", "data/xattn/tiny-t2i", "data/xattn/tiny-captioner"])
+def test_every_shipped_model_uses_the_one_layout(folder):
+    path = PACKAGE.parent / folder
+    assert storage.is_saved(path) and isinstance(storage.read_config(path)["config"], dict)
+
+
+# ---- layering -------------------------------------------------------------------------------------
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every mikit module `path` imports, at any depth of its code (imports inside functions count)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name == "mikit" or name.startswith("mikit.")}
+
+
+def _layer(module: str) -> int | None:
+    for rank, prefixes in enumerate(LAYERS.values()):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return None
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    offences = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        own = _layer(module)
+        if own is None or path.name == "__main__.py":
+            continue
+        for imported in _imports(path):
+            rank = _layer(imported)
+            if rank is not None and rank > own:
+                offences.append(f"{module} imports {imported}")
+    assert not offences, "imports from a higher layer:\n" + "\n".join(offences)
+
+
+def test_the_layer_walk_sees_a_violation():
+    # the walk itself can fail: a source module importing a technique is caught
+    assert _layer("mikit.zoo.recipes") < _layer("mikit.induction")
+    assert "mikit.induction" in _imports(PACKAGE / "zoo" / "__main__.py")
