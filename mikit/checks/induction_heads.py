@@ -185,7 +185,8 @@ def ablate_head(fn: Callable) -> None:
             ))], want)
         expect_close(
             got, want, f"{name}(mode={mode!r})",
-            hint="mean ablation replaces the head's output at each position by its mean over the batch (keep pos and d_head)",
+            hint="zero ablation sets the head's output to 0 at every position" if mode == "zero" else
+            "mean ablation replaces the head's output at each position by its mean over the batch (keep pos and d_head)",
         )
     passed(name, "zero and per-position mean ablation")
 
