@@ -36,6 +36,7 @@ def test_recipe_trains_an_sae_that_reconstructs_held_out_text(trained):
     assert report["explained_variance"] > 0.6 and report["ce_loss_recovered"] > 0.8
     assert report["l0"] == pytest.approx(8)
     assert report["ce_clean"] < report["ce_sae"] < report["ce_zero_ablation"]
+    assert report["ce_delta"] == pytest.approx(report["ce_sae"] - report["ce_clean"]) and report["ce_delta"] > 0
 
 
 def test_recipe_saves_the_sae_with_its_recipe_metrics_and_latent_index(trained):

@@ -88,6 +88,9 @@ def test_evaluate_splices_the_sae_into_the_forward_pass(model, rows):
     # (A random model's loss barely depends on its residual stream, so only the formula is checked here;
     # on SmolLM2 the ordering clean < SAE < zero holds by a wide margin.)
     assert report["ce_loss_recovered"] == pytest.approx((zeroed - spliced) / (zeroed - report["ce_clean"]), rel=1e-4)
+    clean = model(rows[:16], return_type="loss").item()
+    assert report["ce_delta"] == pytest.approx(spliced - clean, abs=1e-4)  # ΔCE in nats: SAE minus clean, not minus zero
+    assert report["ce_delta"] == report["ce_sae"] - report["ce_clean"]
     assert report["l0"] <= 8
     assert 0 <= report["dead_fraction"] < 1 and report["n_tokens"] == 16 * 16
 

@@ -6,7 +6,10 @@
 CE loss recovered splices the SAE into the forward pass: the hooked activation is replaced by its
 reconstruction at every position but the first (BOS, which the SAE was not trained on), and the
 model's next-token loss is compared with the clean run's and with zero ablation of that activation:
-(CE_zero_abl − CE_sae) / (CE_zero_abl − CE_clean).
+(CE_zero_abl − CE_sae) / (CE_zero_abl − CE_clean). Zero ablation can be far worse than any sensible
+baseline (on SmolLM2's layer 15 it is worse than a uniform guess), which inflates that ratio, so the
+report also gives the increase in loss in nats, ce_delta = CE_sae − CE_clean (ΔCE, as Gao et al. 2024
+and SAEBench report it).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def evaluate(
     sae: SAE, model: HookedTransformer, hook_name: str, rows: Int[Tensor, "row context"], batch_size: int = 16,
     dense_threshold: float = 0.1,
 ) -> dict[str, float]:
-    """L0, explained variance, dead and dense latent fractions, and CE losses (clean, SAE, zero) over `rows`."""
+    """L0, explained variance, dead and dense latent fractions, CE losses (clean, SAE, zero) over `rows`,
+    CE loss recovered and ΔCE (`ce_delta`, in nats)."""
     if hook_name not in model.hook_dict:
         raise ValueError(f"{hook_name!r} is not a hook point of this model.")
     sae.eval()
@@ -75,5 +79,6 @@ def evaluate(
         "dense_fraction": metrics.dense_fraction(counts.float() / n_tokens, dense_threshold),
         **ce,
         "ce_loss_recovered": metrics.ce_loss_recovered(ce["ce_clean"], ce["ce_sae"], ce["ce_zero_ablation"]),
+        "ce_delta": ce["ce_sae"] - ce["ce_clean"],
         "n_tokens": float(n_tokens),
     }

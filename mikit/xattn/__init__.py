@@ -1,5 +1,6 @@
 """Cross-attention in text-to-image models (issue 6): scenes with known masks, a tiny hooked DiT, attention
-stores and DAAM heatmaps, binding and neglect, a tiny captioner, and the diffusers (Stable Diffusion) side."""
+stores and DAAM heatmaps, a causal test of them (value ablation), binding and neglect, a tiny captioner,
+and the diffusers (Stable Diffusion) side."""
 
 from mikit.xattn.model import TinyT2I, TinyT2IConfig
 from mikit.xattn.scenes import Scene, SceneObject, make_scenes, tokenize
