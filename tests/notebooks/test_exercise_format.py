@@ -184,33 +184,12 @@ CHECKS = {
 }
 
 
+# headers: one format, numbered in order; points: P == D and the check cell's points; hints: tiered and
+# collapsed; think: 2-3 questions with model answers; count: at least 8 graded exercises.
+@pytest.mark.parametrize("check", sorted(CHECKS))
 @pytest.mark.parametrize("name", NAMES)
-def test_every_check_cell_has_an_exercise_header_in_the_one_format_numbered_in_order(name):
-    problems = header_problems(SOLUTIONS / name)
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_points_equal_difficulty_and_the_check_cells_points(name):
-    problems = points_problems(SOLUTIONS / name)
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_every_exercise_has_tiered_collapsed_hints(name):
-    problems = hint_problems(SOLUTIONS / name)
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_two_or_three_think_questions_with_model_answers(name):
-    problems = think_problems(SOLUTIONS / name)
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_at_least_eight_graded_exercises(name):
-    problems = count_problems(SOLUTIONS / name)
+def test_notebook_follows_the_exercise_format(name, check):
+    problems = CHECKS[check](SOLUTIONS / name)
     assert not problems, "\n".join(problems)
 
 
