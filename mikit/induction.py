@@ -36,23 +36,23 @@ def attention_pattern(
     return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
 
 
-def _diagonal_score(pattern: Float[Tensor, "batch head q k"], offset: int, n_queries: int) -> Float[Tensor, "head"]:
+def _diagonal_score(pattern: Float[Tensor, "batch head q_pos k_pos"], offset: int, n_queries: int) -> Float[Tensor, "head"]:
     """Mean attention from each of the last `n_queries` queries to the key `offset` tokens back."""
     diag = pattern.diagonal(offset=-offset, dim1=-2, dim2=-1)  # (batch, head, q_pos - offset)
     return diag[..., -n_queries:].mean(dim=(0, -1))
 
 
-def previous_token_scores(pattern: Float[Tensor, "batch head q k"]) -> Float[Tensor, "head"]:
+def previous_token_scores(pattern: Float[Tensor, "batch head q_pos k_pos"]) -> Float[Tensor, "head"]:
     """Mean attention from every position after the first to the position just before it."""
     return _diagonal_score(pattern, offset=1, n_queries=pattern.shape[-1] - 1)
 
 
-def duplicate_token_scores(pattern: Float[Tensor, "batch head q k"], seq_len: int) -> Float[Tensor, "head"]:
+def duplicate_token_scores(pattern: Float[Tensor, "batch head q_pos k_pos"], seq_len: int) -> Float[Tensor, "head"]:
     """On repeated random tokens: mean attention from the second copy to the same token's first copy."""
     return _diagonal_score(pattern, offset=seq_len, n_queries=seq_len)
 
 
-def induction_scores(pattern: Float[Tensor, "batch head q k"], seq_len: int) -> Float[Tensor, "head"]:
+def induction_scores(pattern: Float[Tensor, "batch head q_pos k_pos"], seq_len: int) -> Float[Tensor, "head"]:
     """On repeated random tokens: mean attention to the token *after* the earlier copy of the current one."""
     return _diagonal_score(pattern, offset=seq_len - 1, n_queries=seq_len)
 
@@ -86,10 +86,10 @@ def pattern_scores(
 
 
 def logit_attribution(
-    components: Float[Tensor, "comp batch pos d_model"],
-    W_U: Float[Tensor, "d_model vocab"],
+    components: Float[Tensor, "component batch pos d_model"],
+    W_U: Float[Tensor, "d_model d_vocab"],
     tokens: Int[Tensor, "batch pos"],
-) -> Float[Tensor, "comp batch pos_minus_1"]:
+) -> Float[Tensor, "component batch pos_minus_1"]:
     """Each component's direct contribution to the logit of the *next* token, at every position."""
     next_dirs = W_U[:, tokens[:, 1:]]  # (d_model, batch, pos-1)
     return torch.einsum("cbpd,dbp->cbp", components[:, :, :-1], next_dirs)
@@ -123,10 +123,10 @@ def ablation_loss_increase(
 
 
 def ov_copying_score(
-    W_E: Float[Tensor, "vocab d_model"],
+    W_E: Float[Tensor, "d_vocab d_model"],
     W_V: Float[Tensor, "d_model d_head"],
     W_O: Float[Tensor, "d_head d_model"],
-    W_U: Float[Tensor, "d_model vocab"],
+    W_U: Float[Tensor, "d_model d_vocab"],
 ) -> float:
     """Fraction of tokens whose own logit is the largest when the head attends to them (full OV circuit)."""
     full_ov = W_E @ W_V @ W_O @ W_U  # (source token, output logit)

@@ -69,7 +69,7 @@ def head_dla(model: HookedTransformer, cache: ActivationCache, ds: IOIDataset) -
 
 
 def attention_between(
-    pattern: Float[Tensor, "batch head q k"], ds: IOIDataset, query: str, key: str
+    pattern: Float[Tensor, "batch head q_pos k_pos"], ds: IOIDataset, query: str, key: str
 ) -> Float[Tensor, "head"]:
     """Mean attention from the position of `query` to that of `key` ("IO", "S1", "S2", "END", "S1+1"), per head."""
     batch = torch.arange(len(ds), device=pattern.device)

@@ -1,6 +1,7 @@
 """The core layer: head ablation, hook names, shared metrics, one saved-model layout, and the layering itself."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,29 @@ def test_the_layer_walk_sees_a_violation():
     # the walk itself can fail: a source module importing a technique is caught
     assert _layer("mikit.zoo.recipes") < _layer("mikit.induction")
     assert "mikit.induction" in _imports(PACKAGE / "zoo" / "__main__.py")
+
+
+# ---- one shape vocabulary -------------------------------------------------------------------------
+
+# jaxtyping names say the same thing the same way everywhere: `batch pos d_model head d_head d_vocab layer`
+# (q_pos / k_pos for attention's two position axes; d_in / d_sae in SAEs; patch / word / h / w in images).
+SYNONYMS = {"b": "batch", "n": "batch", "prompt": "batch", "row": "batch", "token": "batch", "t": "pos",
+            "context": "pos", "seq_len": "pos", "seq": "pos", "q": "q_pos", "k": "k_pos", "query": "q_pos",
+            "key": "k_pos", "d": "d_model (d_in in an SAE)", "dim": "d_model", "vocab": "d_vocab", "comp": "component",
+            "heads": "head", "layers": "layer", "size": "h w", "time": "step", "c": "word", "patches": "patch"}
+ANNOTATION = re.compile(r'(?:Float|Int|Bool)\[[A-Za-z]+, "([^"]*)"\]')
+
+
+def _synonyms_in(source: str) -> list[tuple[str, str]]:
+    return [(dim, SYNONYMS[dim]) for names in ANNOTATION.findall(source) for dim in names.split() if dim in SYNONYMS]
+
+
+def test_jaxtyping_annotations_use_the_one_shape_vocabulary():
+    found = [f"{path.relative_to(PACKAGE.parent)}: {dim!r} (say {instead!r})"
+             for path in sorted(PACKAGE.rglob("*.py")) for dim, instead in _synonyms_in(path.read_text())]
+    assert not found, "shape names outside the vocabulary:\n" + "\n".join(found)
+
+
+def test_the_vocabulary_scan_sees_a_synonym():
+    assert _synonyms_in('def f(x: Float[Tensor, "b q d"]) -> Int[Tensor, "batch pos"]: ...') == [
+        ("b", "batch"), ("q", "q_pos"), ("d", "d_model (d_in in an SAE)")]

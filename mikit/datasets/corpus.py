@@ -68,7 +68,7 @@ def load_hf_texts(name: str = "NeelNanda/pile-10k", split: str = "train", n_docu
 
 def token_rows(
     tokenizer, texts: list[str], context: int = 128, bos_token_id: int | None = None
-) -> Int[Tensor, "row context"]:
+) -> Int[Tensor, "batch pos"]:
     """Concatenate the documents' tokens and cut them into rows of `context` tokens, each starting with BOS.
 
     Every row starts with BOS because the model always sees it at position 0 (its activations there

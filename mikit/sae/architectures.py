@@ -94,7 +94,7 @@ class SAE(nn.Module):
         self.b_dec.zero_()
 
     @torch.no_grad()
-    def initialize_b_dec_(self, activations: Float[Tensor, "n d_in"], tol: float = 1e-6, max_iter: int = 200) -> None:
+    def initialize_b_dec_(self, activations: Float[Tensor, "batch d_in"], tol: float = 1e-6, max_iter: int = 200) -> None:
         """Set b_dec to the geometric median of a sample of activations."""
         self._check_input(activations)
         # The median, unlike the mean, is not dragged by the rare huge-norm activations (e.g. on BOS).

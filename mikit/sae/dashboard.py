@@ -36,7 +36,7 @@ INDEX_FILE = "latent_index.safetensors"
 class LatentIndex:
     """Per-latent statistics of one SAE over a set of token rows (see the module docstring)."""
 
-    tokens: Int[Tensor, "row context"]
+    tokens: Int[Tensor, "batch pos"]
     top_values: Float[Tensor, "d_sae top_k"]  # descending; 0 where a latent fired fewer than top_k times
     top_rows: Int[Tensor, "d_sae top_k"]
     top_positions: Int[Tensor, "d_sae top_k"]
@@ -59,7 +59,7 @@ class LatentIndex:
     @classmethod
     @torch.no_grad()
     def build(
-        cls, sae: SAE, model: HookedTransformer, hook_name: str, rows: Int[Tensor, "row context"],
+        cls, sae: SAE, model: HookedTransformer, hook_name: str, rows: Int[Tensor, "batch pos"],
         top_k: int = 20, bins: int = 32, batch_size: int = 16, progress: bool = False,
     ) -> LatentIndex:
         """Run `model` on `rows` (BOS first) up to `hook_name`, encode with `sae`, keep each latent's statistics."""

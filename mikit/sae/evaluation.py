@@ -42,7 +42,7 @@ def _zero_hook(activation: Tensor, hook) -> Tensor:
 
 @torch.no_grad()
 def evaluate(
-    sae: SAE, model: HookedTransformer, hook_name: str, rows: Int[Tensor, "row context"], batch_size: int = 16,
+    sae: SAE, model: HookedTransformer, hook_name: str, rows: Int[Tensor, "batch pos"], batch_size: int = 16,
     dense_threshold: float = 0.1,
 ) -> dict[str, float]:
     """L0, explained variance, dead and dense latent fractions, CE losses (clean, SAE, zero) over `rows`,

@@ -8,8 +8,8 @@ from torch import Tensor
 
 
 def geometric_median(
-    points: Float[Tensor, "n d"], tol: float = 1e-6, max_iter: int = 200
-) -> Float[Tensor, "d"]:
+    points: Float[Tensor, "batch d_in"], tol: float = 1e-6, max_iter: int = 200
+) -> Float[Tensor, "d_in"]:
     """The point minimising the sum of Euclidean distances to `points`, by Weiszfeld's algorithm.
 
     Args:

@@ -60,7 +60,7 @@ RECIPES = {
 }
 
 
-def recipe_rows(recipe: SAERecipe, tokenizer) -> dict[str, Int[Tensor, "row context"]]:
+def recipe_rows(recipe: SAERecipe, tokenizer) -> dict[str, Int[Tensor, "batch pos"]]:
     """The recipe's rows from its corpus: "train" (the first), "eval" (the last, held out) and "index"."""
     rows = corpus.token_rows(tokenizer, corpus.load_texts(recipe.corpus), context=recipe.context)
     if recipe.train_rows + recipe.eval_rows > rows.shape[0]:
@@ -69,7 +69,7 @@ def recipe_rows(recipe: SAERecipe, tokenizer) -> dict[str, Int[Tensor, "row cont
     return {"train": rows[: recipe.train_rows], "eval": rows[-recipe.eval_rows :], "index": rows[-recipe.index_rows :]}
 
 
-def recipe_activations(recipe: SAERecipe, model=None, progress: bool = True) -> Float[Tensor, "token d"]:
+def recipe_activations(recipe: SAERecipe, model=None, progress: bool = True) -> Float[Tensor, "batch d_in"]:
     """The activations the recipe trains on, in row order (BOS positions dropped)."""
     model = model or mikit.load_model(recipe.model, device="cpu")
     return ActivationBuffer(model, recipe.hook_name, recipe_rows(recipe, model.tokenizer)["train"]).collect(progress)

@@ -37,7 +37,7 @@ class ActivationBuffer:
     """
 
     def __init__(
-        self, model: HookedTransformer, hook_name: str, rows: Int[Tensor, "row context"], batch_size: int = 4096,
+        self, model: HookedTransformer, hook_name: str, rows: Int[Tensor, "batch pos"], batch_size: int = 4096,
         rows_per_refill: int = 256, model_batch: int = 32, seed: int = 0,
     ):
         if rows.ndim != 2 or rows.shape[1] < 2:
@@ -55,7 +55,7 @@ class ActivationBuffer:
         return self.rows.shape[0] * (self.rows.shape[1] - 1)
 
     @torch.no_grad()
-    def activations(self, rows: Int[Tensor, "row context"]) -> Float[Tensor, "token d"]:
+    def activations(self, rows: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_in"]:
         """The hook's activations on `rows`, every position but the first, flattened to token vectors."""
         out = []
         for start in range(0, rows.shape[0], self.model_batch):
@@ -65,14 +65,14 @@ class ActivationBuffer:
             out.append(cache[self.hook_name][:, 1:].flatten(0, 1).float())
         return torch.cat(out)
 
-    def collect(self, progress: bool = False) -> Float[Tensor, "token d"]:
+    def collect(self, progress: bool = False) -> Float[Tensor, "batch d_in"]:
         """One epoch's activations in row order, to keep in memory: `CachedActivations(buffer.collect())`."""
         starts = range(0, self.rows.shape[0], self.rows_per_refill)
         chunks = [self.activations(self.rows[start : start + self.rows_per_refill])
                   for start in tqdm(starts, desc=f"caching {self.hook_name}", disable=not progress)]
         return torch.cat(chunks)
 
-    def __iter__(self) -> Iterator[Float[Tensor, "batch d"]]:
+    def __iter__(self) -> Iterator[Float[Tensor, "batch d_in"]]:
         order = torch.randperm(self.rows.shape[0], generator=self.generator)
         for start in range(0, len(order), self.rows_per_refill):
             acts = self.activations(self.rows[order[start : start + self.rows_per_refill]])
@@ -87,7 +87,7 @@ class CachedActivations:
     Use it to train for several epochs (the model runs once) or to train two SAEs on the same data.
     """
 
-    def __init__(self, activations: Float[Tensor, "token d"], batch_size: int = 4096, seed: int = 0):
+    def __init__(self, activations: Float[Tensor, "batch d_in"], batch_size: int = 4096, seed: int = 0):
         if activations.ndim != 2 or activations.shape[0] < batch_size:
             raise ValueError(
                 f"activations must be (n_tokens, d) with at least batch_size={batch_size} tokens, "
@@ -101,13 +101,13 @@ class CachedActivations:
         """Tokens per epoch."""
         return self.activations.shape[0]
 
-    def __iter__(self) -> Iterator[Float[Tensor, "batch d"]]:
+    def __iter__(self) -> Iterator[Float[Tensor, "batch d_in"]]:
         order = torch.randperm(self.n_tokens, generator=self.generator)
         for i in range(0, self.n_tokens - self.batch_size + 1, self.batch_size):
             yield self.activations[order[i : i + self.batch_size]]
 
 
-def input_scale(activations: Float[Tensor, "n d"]) -> float:
+def input_scale(activations: Float[Tensor, "batch d_in"]) -> float:
     """The factor that makes the mean squared norm of `activations` equal to their dimension."""
     return float((activations.shape[-1] / activations.pow(2).sum(-1).mean()).sqrt())
 

@@ -9,7 +9,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 
-def pattern_png(str_tokens: Sequence[str], pattern: Float[Tensor, "q k"], title: str) -> bytes:
+def pattern_png(str_tokens: Sequence[str], pattern: Float[Tensor, "q_pos k_pos"], title: str) -> bytes:
     """One head's attention pattern as a PNG heatmap with the tokens on both axes."""
     import io
 
@@ -35,7 +35,7 @@ def pattern_png(str_tokens: Sequence[str], pattern: Float[Tensor, "q k"], title:
 
 def attention_explorer(
     str_tokens: Sequence[str],
-    patterns: Float[Tensor, "layer head q k"],
+    patterns: Float[Tensor, "layer head q_pos k_pos"],
     title: str = "attention",
     layer: int = 0,
     head: int = 0,
@@ -62,6 +62,6 @@ def attention_explorer(
     return widgets.VBox([widgets.HBox([layer_slider, head_menu]), image])
 
 
-def stack_patterns(cache, n_layers: int, batch_index: int = 0) -> Float[Tensor, "layer head q k"]:
+def stack_patterns(cache, n_layers: int, batch_index: int = 0) -> Float[Tensor, "layer head q_pos k_pos"]:
     """All layers' attention patterns for one sequence of a TransformerLens cache."""
     return torch.stack([cache["pattern", layer][batch_index] for layer in range(n_layers)])

@@ -58,14 +58,14 @@ class CrossAttentionStore:
         self._context.__exit__(*exc)
         self._context = None
 
-    def stacked(self) -> Float[Tensor, "step layer prompt head patch word"]:
+    def stacked(self) -> Float[Tensor, "step layer batch head patch word"]:
         """Every recorded map in one tensor."""
         if not self.maps:
             raise ValueError("nothing was recorded: run the model inside `with store:`.")
         return torch.stack([torch.stack([step[layer] for layer in self.layers]) for step in self.maps])
 
 
-def upsample(maps: Float[Tensor, "... patch"], size: int = SIZE) -> Float[Tensor, "... size size"]:
+def upsample(maps: Float[Tensor, "... patch"], size: int = SIZE) -> Float[Tensor, "... h w"]:
     """Patch maps (a square number of patches) → bilinear images of `size` × `size`."""
     side = int(round(maps.shape[-1] ** 0.5))
     if side * side != maps.shape[-1]:
@@ -76,9 +76,9 @@ def upsample(maps: Float[Tensor, "... patch"], size: int = SIZE) -> Float[Tensor
 
 
 def word_heatmap(
-    maps: Float[Tensor, "step layer prompt head patch word"], word: int,
+    maps: Float[Tensor, "step layer batch head patch word"], word: int,
     steps: slice | list[int] | None = None, layers: slice | list[int] | None = None,
-) -> Float[Tensor, "prompt size size"]:
+) -> Float[Tensor, "batch h w"]:
     """A word's DAAM heatmap per prompt: its attention maps averaged over the chosen steps, layers and heads,
     upsampled to the image and scaled to a maximum of 1."""
     if maps.ndim != 6:
@@ -95,8 +95,8 @@ def iou(predicted: Bool[Tensor, "... h w"], target: Bool[Tensor, "... h w"]) -> 
 
 
 @torch.no_grad()
-def noised_attention(model, images: Float[Tensor, "prompt 3 32 32"], captions: Tensor,
-                     times: list[float], seed: int = 0) -> Float[Tensor, "time layer prompt head patch word"]:
+def noised_attention(model, images: Float[Tensor, "batch 3 32 32"], captions: Tensor,
+                     times: list[float], seed: int = 0) -> Float[Tensor, "step layer batch head patch word"]:
     """Cross-attention of the model on real images noised to each time t (0 = noise, 1 = image), as DAAM
     reads real images: the masks of the scenes are then the exact ground truth for every word."""
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
@@ -106,7 +106,7 @@ def noised_attention(model, images: Float[Tensor, "prompt 3 32 32"], captions: T
     return store.stacked()
 
 
-def object_word_heatmaps(maps: Float[Tensor, "step layer prompt head patch word"], scenes) -> tuple[Tensor, Tensor, list[str]]:
+def object_word_heatmaps(maps: Float[Tensor, "step layer batch head patch word"], scenes) -> tuple[Tensor, Tensor, list[str]]:
     """Every object word's heatmap per step and layer (head mean, upsampled, not yet normalised), its true
     mask and its kind: (n_words, step, layer, 32, 32), (n_words, 32, 32) bool, ["size" | "colour" | "shape"]."""
     heads_mean = maps.mean(dim=3)  # (step, layer, prompt, patch, word)
@@ -121,13 +121,13 @@ def object_word_heatmaps(maps: Float[Tensor, "step layer prompt head patch word"
     return torch.stack(heats), torch.stack(masks), kinds
 
 
-def mean_iou(heat: Float[Tensor, "n h w"], masks: Bool[Tensor, "n h w"], threshold: float = 0.4) -> float:
+def mean_iou(heat: Float[Tensor, "batch h w"], masks: Bool[Tensor, "batch h w"], threshold: float = 0.4) -> float:
     """Mean IoU of heatmaps (each scaled to a maximum of 1, then cut at `threshold`) against masks."""
     heat = heat / heat.flatten(1).amax(-1).clamp_min(1e-12)[:, None, None]
     return sum(iou(h >= threshold, m) for h, m in zip(heat, masks)) / len(masks)
 
 
-def miou_report(maps: Float[Tensor, "step layer prompt head patch word"], scenes, threshold: float = 0.4) -> dict:
+def miou_report(maps: Float[Tensor, "step layer batch head patch word"], scenes, threshold: float = 0.4) -> dict:
     """Object-word mIoU overall, per layer (all steps), per step (all layers) and per word kind."""
     heats, masks, kinds = object_word_heatmaps(maps, scenes)
     overall = heats.mean(dim=(1, 2))

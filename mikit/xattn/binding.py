@@ -25,7 +25,7 @@ from mikit.xattn.scenes import WORD_KINDS
 from mikit.xattn.training import SceneData, sample
 
 
-def token_strength(maps: Float[Tensor, "step layer prompt head patch word"], tokens: Int[Tensor, "prompt"]) -> Float[Tensor, "prompt"]:
+def token_strength(maps: Float[Tensor, "step layer batch head patch word"], tokens: Int[Tensor, "batch"]) -> Float[Tensor, "batch"]:
     """Per prompt, the peak over image patches of its token's attention averaged over steps, layers and heads."""
     mean = maps.mean(dim=(0, 1, 3))  # (prompt, patch, word)
     return mean[torch.arange(mean.shape[0]), :, tokens].amax(-1)
@@ -40,7 +40,7 @@ def object_tokens(scene, kind: str = "colour") -> list[int]:
     return [found[i] for i in range(len(scene.objects))]
 
 
-def reweight_pattern(pattern: Float[Tensor, "batch head patch word"], tokens: Int[Tensor, "prompt"], factor: float,
+def reweight_pattern(pattern: Float[Tensor, "batch head patch word"], tokens: Int[Tensor, "batch"], factor: float,
                      n_prompts: int) -> Float[Tensor, "batch head patch word"]:
     """Prompt-to-Prompt-style reweighting: multiply row i's attention to tokens[i] by `factor` for the first
     `n_prompts` rows (the conditional half under guidance), then renormalise those rows to sum to 1."""
@@ -51,7 +51,7 @@ def reweight_pattern(pattern: Float[Tensor, "batch head patch word"], tokens: In
     return pattern
 
 
-def reweighting_hooks(model, tokens: Int[Tensor, "prompt"], factor: float, n_prompts: int) -> list:
+def reweighting_hooks(model, tokens: Int[Tensor, "batch"], factor: float, n_prompts: int) -> list:
     """Forward hooks that apply `reweight_pattern` to every layer's cross-attention."""
     def reweight(pattern: Tensor, hook) -> Tensor:
         return reweight_pattern(pattern, tokens, factor, n_prompts)

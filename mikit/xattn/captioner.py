@@ -57,7 +57,7 @@ class TinyCaptionerConfig:
         return asdict(self)
 
 
-def prefix_lm_mask(n_image: int, n_text: int) -> Bool[Tensor, "q k"]:
+def prefix_lm_mask(n_image: int, n_text: int) -> Bool[Tensor, "q_pos k_pos"]:
     """True where a query may attend to a key: image→image, word→image, word→earlier words and itself."""
     n = n_image + n_text
     query, key = torch.arange(n)[:, None], torch.arange(n)[None, :]
@@ -74,7 +74,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_mlp), nn.GELU(), nn.Linear(cfg.d_mlp, cfg.d_model))
         self.hook_resid_pre, self.hook_resid_post = HookPoint(), HookPoint()
 
-    def forward(self, x: Float[Tensor, "b t d"], mask: Bool[Tensor, "t t"]) -> Float[Tensor, "b t d"]:
+    def forward(self, x: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "pos pos"]) -> Float[Tensor, "batch pos d_model"]:
         x = self.hook_resid_pre(x)
         h = self.ln1(x)
         x = x + self.attn(h, h, mask=mask)
@@ -102,10 +102,10 @@ class TinyCaptioner(HookedRootModule):
         self.hook_image = HookPoint()  # (B, 64, d): the image tokens, as the first block reads them
         self.setup()  # names every HookPoint after its module path (TransformerLens)
 
-    def patchify(self, images: Float[Tensor, "b 3 h w"]) -> Float[Tensor, "b n p"]:
+    def patchify(self, images: Float[Tensor, "batch 3 h w"]) -> Float[Tensor, "batch patch d_patch"]:
         return patchify(images, self.cfg.patch)
 
-    def forward(self, images: Float[Tensor, "b 3 h w"], caption_ids: Int[Tensor, "b c"]) -> Float[Tensor, "b c vocab"]:
+    def forward(self, images: Float[Tensor, "batch 3 h w"], caption_ids: Int[Tensor, "batch word"]) -> Float[Tensor, "batch word d_vocab"]:
         n_image, n_text = self.cfg.n_patches, caption_ids.shape[1]
         if n_text > self.cfg.caption_length:
             raise ValueError(f"captions hold at most {self.cfg.caption_length} tokens, not {n_text}.")
@@ -119,7 +119,7 @@ class TinyCaptioner(HookedRootModule):
 
 
 @torch.inference_mode()
-def greedy_caption(model: TinyCaptioner, images: Float[Tensor, "b 3 h w"],
+def greedy_caption(model: TinyCaptioner, images: Float[Tensor, "batch 3 h w"],
                    max_len: int | None = None) -> list[list[str]]:
     """Each image's caption by greedy decoding, as words, up to the end token or `max_len` words."""
     max_len = model.cfg.caption_length - 1 if max_len is None else max_len
@@ -145,8 +145,8 @@ def greedy_caption(model: TinyCaptioner, images: Float[Tensor, "b 3 h w"],
 
 # ---------------------------------------------------------------- attention vs hallucination
 
-def image_attention_share(pattern: Float[Tensor, "batch head query key"],
-                          n_image: int) -> Float[Tensor, "batch head query"]:
+def image_attention_share(pattern: Float[Tensor, "batch head q_pos k_pos"],
+                          n_image: int) -> Float[Tensor, "batch head q_pos"]:
     """Each query's attention mass on the first `n_image` keys (the image tokens)."""
     if not 0 <= n_image <= pattern.shape[-1]:
         raise ValueError(f"n_image must be between 0 and the number of keys ({pattern.shape[-1]}), not {n_image}.")
@@ -195,19 +195,19 @@ def label_words(words: list[str], objects: list[SceneObject]) -> list[str | None
 class WordShares:
     """Every judged word of a set of generated captions, with its image attention share per layer."""
 
-    caption: Int[Tensor, "n"]  # which caption (and image) the word is from
-    position: Int[Tensor, "n"]  # the word's index in its caption
+    caption: Int[Tensor, "batch"]  # which caption (and image) the word is from
+    position: Int[Tensor, "batch"]  # the word's index in its caption
     words: list[str]
-    hallucinated: Bool[Tensor, "n"]
-    shares: Float[Tensor, "n layer"]  # image share at the query that predicted the word, mean over heads
+    hallucinated: Bool[Tensor, "batch"]
+    shares: Float[Tensor, "batch layer"]  # image share at the query that predicted the word, mean over heads
 
     @property
-    def is_colour(self) -> Bool[Tensor, "n"]:
+    def is_colour(self) -> Bool[Tensor, "batch"]:
         return torch.tensor([w in COLOURS for w in self.words], dtype=torch.bool)
 
 
 @torch.inference_mode()
-def generated_word_shares(model: TinyCaptioner, images: Float[Tensor, "b 3 h w"], captions: list[list[str]],
+def generated_word_shares(model: TinyCaptioner, images: Float[Tensor, "batch 3 h w"], captions: list[list[str]],
                           scenes_objects: list[list[SceneObject]], batch_size: int = 200) -> WordShares:
     """Teacher-force each caption through `model` and read each colour/shape word's image attention share.
 

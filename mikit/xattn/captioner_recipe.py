@@ -47,13 +47,13 @@ RECIPE = CaptionerRecipe(
 )
 
 
-def caption_data(n: int, seed: int) -> tuple[Float[Tensor, "n 3 32 32"], Int[Tensor, "n 16"], list[Scene]]:
+def caption_data(n: int, seed: int) -> tuple[Float[Tensor, "batch 3 32 32"], Int[Tensor, "batch word"], list[Scene]]:
     """`n` scenes as images in [0, 1], caption ids (<bos>, words, <pad>...) and the scenes themselves."""
     data = SceneData.generate(n, seed=seed)
     return (data.images + 1) / 2, data.captions, data.scenes
 
 
-def next_word_targets(caption_ids: Int[Tensor, "b c"]) -> tuple[Int[Tensor, "b c-1"], Int[Tensor, "b c-1"]]:
+def next_word_targets(caption_ids: Int[Tensor, "batch word"]) -> tuple[Int[Tensor, "batch word_minus_1"], Int[Tensor, "batch word_minus_1"]]:
     """Inputs and targets for next-word prediction; the first <pad> is the end target, later ones are ignored (-100)."""
     inputs, targets = caption_ids[:, :-1], caption_ids[:, 1:].clone()
     is_end = targets == END
@@ -62,7 +62,7 @@ def next_word_targets(caption_ids: Int[Tensor, "b c"]) -> tuple[Int[Tensor, "b c
 
 
 def train_captioner(
-    model: TinyCaptioner, images: Float[Tensor, "n 3 32 32"], caption_ids: Int[Tensor, "n c"], steps: int,
+    model: TinyCaptioner, images: Float[Tensor, "batch 3 32 32"], caption_ids: Int[Tensor, "batch word"], steps: int,
     batch_size: int = 64, lr: float = 2e-3, seed: int = 0, log_every: int = 100, progress: bool = True,
 ) -> dict[str, list[float]]:
     """Next-word cross-entropy training; returns the mean loss every `log_every` steps."""
@@ -118,14 +118,14 @@ def phrase_names(phrase: list[str], obj: SceneObject) -> bool:
     return [w for w in phrase if w in COLOURS or w in SHAPES] == [obj.colour, obj.shape]
 
 
-def noisy(images: Float[Tensor, "n 3 32 32"], sigma: float, seed: int = 0) -> Float[Tensor, "n 3 32 32"]:
+def noisy(images: Float[Tensor, "batch 3 32 32"], sigma: float, seed: int = 0) -> Float[Tensor, "batch 3 32 32"]:
     """`images` plus Gaussian pixel noise of standard deviation `sigma`, clamped to [0, 1]."""
     if sigma == 0:
         return images
     return (images + sigma * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
 
 
-def hallucination_study(model: TinyCaptioner, images: Float[Tensor, "n 3 32 32"], scenes: list[Scene],
+def hallucination_study(model: TinyCaptioner, images: Float[Tensor, "batch 3 32 32"], scenes: list[Scene],
                         noise: float = 0.0, seed: int = 0, n_boot: int = 1000) -> tuple[WordShares, dict]:
     """Caption (noisy) images greedily, label their colour/shape words, and compare image shares.
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 
 def value_ablation_hooks(
-    model, tokens: Int[Tensor, "prompt"], *, layers: list[int] | None = None, replace_with: int | None = None,
+    model, tokens: Int[Tensor, "batch"], *, layers: list[int] | None = None, replace_with: int | None = None,
 ) -> list[tuple[str, Callable]]:
     """Forward hooks on `blocks.{layer}.cross_attn.hook_v` that silence token `tokens[i]` of batch row `i`.
 
@@ -58,8 +58,8 @@ def value_ablation_hooks(
 
 
 def region_change(
-    before: Float[Tensor, "prompt 3 h w"], after: Float[Tensor, "prompt 3 h w"], regions: Bool[Tensor, "prompt h w"],
-) -> tuple[Float[Tensor, "prompt"], Float[Tensor, "prompt"]]:
+    before: Float[Tensor, "batch 3 h w"], after: Float[Tensor, "batch 3 h w"], regions: Bool[Tensor, "batch h w"],
+) -> tuple[Float[Tensor, "batch"], Float[Tensor, "batch"]]:
     """Mean absolute pixel change (averaged over colour channels) inside and outside each prompt's region;
     NaN on a side that has no pixels."""
     if before.shape != after.shape or before.shape[:1] + before.shape[2:] != regions.shape:

@@ -120,7 +120,7 @@ class DiffusersCrossAttentionStore:
         self._originals = None
         self._hook = None
 
-    def _record(self, name: str, probs: Float[Tensor, "batch head query token"]) -> None:
+    def _record(self, name: str, probs: Float[Tensor, "batch head q_pos k_pos"]) -> None:
         if self.cfg:
             if probs.shape[0] % 2:
                 raise ValueError(f"cfg=True needs [unconditional; conditional] batches of even size, not {probs.shape[0]}: pass cfg=False when guidance_scale <= 1.")
@@ -146,7 +146,7 @@ class DiffusersCrossAttentionStore:
         self._hook = self._originals = None
 
     def heatmap(self, token: int, size: int = 64, steps: slice | list[int] | None = None,
-                layers: list[str] | None = None) -> Float[Tensor, "prompt size size"]:
+                layers: list[str] | None = None) -> Float[Tensor, "batch h w"]:
         """`word_heatmap_sd` of what was recorded."""
         return word_heatmap_sd(self.maps, token, size, steps, layers)
 
@@ -154,7 +154,7 @@ class DiffusersCrossAttentionStore:
 def word_heatmap_sd(
     maps: list[StepMaps], token: int, size: int = 64,
     steps: slice | list[int] | None = None, layers: list[str] | None = None,
-) -> Float[Tensor, "prompt size size"]:
+) -> Float[Tensor, "batch h w"]:
     """A token's DAAM heatmap per prompt: each layer's maps upsampled to `size`, averaged over heads, layers
     and steps, and scaled to a maximum of 1."""
     if not maps or not maps[0]:
@@ -169,9 +169,9 @@ def word_heatmap_sd(
 
 
 def attn2_probs_nnsight(
-    unet, sample: Float[Tensor, "batch channel height width"], timestep: Tensor | float,
-    encoder_hidden_states: Float[Tensor, "batch token dim"], layer: str,
-) -> Float[Tensor, "batch head query token"]:
+    unet, sample: Float[Tensor, "batch channel h w"], timestep: Tensor | float,
+    encoder_hidden_states: Float[Tensor, "batch pos d_model"], layer: str,
+) -> Float[Tensor, "batch head q_pos k_pos"]:
     """Cross-attention probabilities of one `attn2` layer, from its query and key projections read in an nnsight trace."""
     from nnsight import NNsight
 

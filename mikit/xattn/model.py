@@ -45,7 +45,7 @@ class TinyT2IConfig:
         return asdict(self)
 
 
-def sincos_2d(side: int, d_model: int) -> Float[Tensor, "patches d"]:
+def sincos_2d(side: int, d_model: int) -> Float[Tensor, "patch d_model"]:
     """Fixed sin-cos position vectors for a side × side grid: half the dimensions code the row, half the column."""
     quarter = d_model // 4
     freqs = torch.exp(-math.log(100.0) * torch.arange(quarter) / quarter)
@@ -54,7 +54,7 @@ def sincos_2d(side: int, d_model: int) -> Float[Tensor, "patches d"]:
     return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=-1)
 
 
-def patchify(images: Float[Tensor, "b 3 h w"], patch: int) -> Float[Tensor, "b n p"]:
+def patchify(images: Float[Tensor, "batch 3 h w"], patch: int) -> Float[Tensor, "batch patch d_patch"]:
     """Cut images into patch × patch squares, row by row: (B, n_patches, 3 · patch²)."""
     p = patch
     return images.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).reshape(images.shape[0], -1, 3 * p * p)
@@ -73,8 +73,8 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # (B, H, query, key), rows sum to 1 over keys
         self.hook_z = HookPoint()  # (B, query, H, d_head): the heads' outputs before W_O
 
-    def forward(self, x: Float[Tensor, "b q d"], context: Float[Tensor, "b k d"],
-                key_padding: Tensor | None = None, mask: Tensor | None = None) -> Float[Tensor, "b q d"]:
+    def forward(self, x: Float[Tensor, "batch q_pos d_model"], context: Float[Tensor, "batch k_pos d_model"],
+                key_padding: Tensor | None = None, mask: Tensor | None = None) -> Float[Tensor, "batch q_pos d_model"]:
         """`key_padding` (B, k): True where a key is padding; `mask` (q, k): True where a query may attend."""
         split = lambda t: t.view(*t.shape[:2], self.n_heads, self.d_head)  # noqa: E731
         q = self.hook_q(split(self.W_Q(x)))
@@ -147,21 +147,21 @@ class TinyT2I(HookedRootModule):
         self.hook_words = HookPoint()  # (B, caption, d): the encoded caption every cross-attention reads
         self.setup()  # names every HookPoint after its module path (TransformerLens)
 
-    def time_embedding(self, t: Float[Tensor, "b"]) -> Float[Tensor, "b d"]:
+    def time_embedding(self, t: Float[Tensor, "batch"]) -> Float[Tensor, "batch d_model"]:
         half = self.cfg.d_model // 2
         freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=t.device) / half)
         angles = 1000.0 * t[:, None] * freqs[None]
         return self.time_mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
 
-    def patchify(self, images: Float[Tensor, "b 3 h w"]) -> Float[Tensor, "b n p"]:
+    def patchify(self, images: Float[Tensor, "batch 3 h w"]) -> Float[Tensor, "batch patch d_patch"]:
         return patchify(images, self.cfg.patch)
 
-    def unpatchify(self, patches: Float[Tensor, "b n p"]) -> Float[Tensor, "b 3 h w"]:
+    def unpatchify(self, patches: Float[Tensor, "batch patch d_patch"]) -> Float[Tensor, "batch 3 h w"]:
         p, side = self.cfg.patch, SIZE // self.cfg.patch
         b = patches.shape[0]
         return patches.view(b, side, side, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, SIZE, SIZE)
 
-    def encode_caption(self, caption_ids: Int[Tensor, "b c"]) -> tuple[Tensor, Tensor]:
+    def encode_caption(self, caption_ids: Int[Tensor, "batch word"]) -> tuple[Tensor, Tensor]:
         """The caption's word vectors (B, c, d) and its padding mask (B, c)."""
         padding = caption_ids == VOCAB.index("<pad>")
         words = self.embed_words(caption_ids) + self.pos_words[: caption_ids.shape[1]]
@@ -177,8 +177,8 @@ class TinyT2I(HookedRootModule):
             encoded = self.caption_encoder(words, src_key_padding_mask=padding)
         return self.hook_words(encoded), padding
 
-    def forward(self, images: Float[Tensor, "b 3 h w"], t: Float[Tensor, "b"],
-                caption_ids: Int[Tensor, "b c"]) -> Float[Tensor, "b 3 h w"]:
+    def forward(self, images: Float[Tensor, "batch 3 h w"], t: Float[Tensor, "batch"],
+                caption_ids: Int[Tensor, "batch word"]) -> Float[Tensor, "batch 3 h w"]:
         words, padding = self.encode_caption(caption_ids)
         time = self.time_embedding(t)
         x = self.embed_patches(self.patchify(images)) + self.pos_image

@@ -34,8 +34,8 @@ from mikit.xattn.scenes import VOCAB, WORD_KINDS, Scene, make_scenes, tokenize
 class SceneData:
     """Scenes as tensors: images scaled to [-1, 1] and caption ids."""
 
-    images: Float[Tensor, "n 3 32 32"]
-    captions: Int[Tensor, "n c"]
+    images: Float[Tensor, "batch 3 32 32"]
+    captions: Int[Tensor, "batch word"]
     scenes: list[Scene]
 
     @classmethod
@@ -45,14 +45,14 @@ class SceneData:
         return cls(images, torch.stack([tokenize(s.words, caption_length) for s in scenes]), scenes)
 
 
-def empty_captions(n: int, length: int) -> Int[Tensor, "n c"]:
+def empty_captions(n: int, length: int) -> Int[Tensor, "batch word"]:
     """The unconditional caption: <bos> then padding."""
     ids = torch.full((n, length), VOCAB.index("<pad>"))
     ids[:, 0] = VOCAB.index("<bos>")
     return ids
 
 
-def omit_words(captions: Int[Tensor, "n c"], omit: dict[str, float], generator: torch.Generator | None = None) -> Int[Tensor, "n c"]:
+def omit_words(captions: Int[Tensor, "batch word"], omit: dict[str, float], generator: torch.Generator | None = None) -> Int[Tensor, "batch word"]:
     """Leave out each word of a kind in scenes.WORD_KINDS ("colour", "size", "shape") with probability
     omit[kind]; the caption closes up."""
     unknown = set(omit) - set(WORD_KINDS)
@@ -122,9 +122,9 @@ def train_t2i(
 
 @torch.no_grad()
 def sample(
-    model: TinyT2I, captions: Int[Tensor, "n c"], steps: int = 20, guidance: float = 3.0, seed: int = 0,
+    model: TinyT2I, captions: Int[Tensor, "batch word"], steps: int = 20, guidance: float = 3.0, seed: int = 0,
     noise: Tensor | None = None,
-) -> Float[Tensor, "n 3 32 32"]:
+) -> Float[Tensor, "batch 3 32 32"]:
     """Images for `captions` by Euler integration of the guided velocity from noise; in [0, 1].
 
     guidance 1 is the plain conditional model; 0 the unconditional one.

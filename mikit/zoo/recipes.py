@@ -120,20 +120,20 @@ def _with_bos(rows: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos_plus_1"]
     return torch.cat([torch.full((rows.shape[0], 1), VOCAB[BOS_TOKEN]), rows], dim=1)
 
 
-def held_out_text(batch: int = 16, seq_len: int = 128) -> Int[Tensor, "batch seq_len"]:
+def held_out_text(batch: int = 16, seq_len: int = 128) -> Int[Tensor, "batch pos"]:
     """`batch` evenly spaced windows of held-out text, each `seq_len` tokens with the BOS."""
     text = corpus_tokens()[1]
     starts = torch.linspace(0, len(text) - seq_len + 1, batch).long()[:, None]
     return _with_bos(text[starts + torch.arange(seq_len - 1)])
 
 
-def _random_text_rows(text: Int[Tensor, "n"], batch: int, seq_len: int, gen: torch.Generator) -> Int[Tensor, "batch seq_len"]:
+def _random_text_rows(text: Int[Tensor, "pos"], batch: int, seq_len: int, gen: torch.Generator) -> Int[Tensor, "batch pos"]:
     """Random windows of `text`, each `seq_len` tokens with the BOS."""
     starts = torch.randint(0, len(text) - seq_len + 2, (batch, 1), generator=gen)
     return _with_bos(text[starts + torch.arange(seq_len - 1)])
 
 
-def _repeated_rows(recipe: Recipe, batch: int, gen: torch.Generator) -> Int[Tensor, "batch seq_len"]:
+def _repeated_rows(recipe: Recipe, batch: int, gen: torch.Generator) -> Int[Tensor, "batch pos"]:
     """Random character strings of random lengths, each repeated to fill a row of `recipe.seq_len` with the BOS."""
     lengths = torch.randint(recipe.min_repeat_len, recipe.max_repeat_len + 1, (batch, 1), generator=gen)
     strings = torch.randint(FIRST_CHAR_ID, len(VOCAB), (batch, recipe.max_repeat_len), generator=gen)
