@@ -35,7 +35,7 @@ def rows(model):
 
 @pytest.fixture(scope="module")
 def index(sae, model, rows):
-    return LatentIndex.build(sae, model, HOOK, rows, top_k=5, bins=8, batch_size=5)
+    return LatentIndex.build(model, sae, HOOK, rows, top_k=5, bins=8, batch_size=5)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,9 @@ def test_index_round_trips_through_safetensors(index, tmp_path):
 
 def test_index_rejects_bad_input(sae, model, rows, index):
     with pytest.raises(ValueError, match="not a hook point"):
-        LatentIndex.build(sae, model, "blocks.9.hook_resid_pre", rows)
+        LatentIndex.build(model, sae, "blocks.9.hook_resid_pre", rows)
     with pytest.raises(ValueError, match="n_rows, context"):
-        LatentIndex.build(sae, model, HOOK, rows[0])
+        LatentIndex.build(model, sae, HOOK, rows[0])
     with pytest.raises(ValueError, match=r"latent must be an integer in \[0, 64\)"):
         index.examples(64)
 
@@ -89,7 +89,7 @@ def test_latents_for_token_ranks_latents_by_top_examples_on_that_token(index, mo
     assert latents_for_token(index, model.tokenizer, "#") == []  # not in the text
 
 def test_logit_effects_are_the_unit_decoder_direction_through_the_unembedding(sae, model):
-    boosted, suppressed = logit_effects(sae, model, 3, k=4)
+    boosted, suppressed = logit_effects(model, sae, 3, k=4)
     effects = (sae.W_dec[3] / sae.W_dec[3].norm()) @ model.W_U
     assert [v for _, v in boosted] == pytest.approx(effects.topk(4).values.tolist(), abs=1e-5)
     assert [v for _, v in suppressed] == pytest.approx(effects.topk(4, largest=False).values.tolist(), abs=1e-5)

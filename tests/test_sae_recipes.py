@@ -77,7 +77,7 @@ def test_the_shipped_sae_meets_the_bars_its_recipe_recorded():
     # Re-measured on the first 8 held-out rows: the file holds the SAE the metrics describe.
     model = mikit.load_model(recipe.model, device="cpu")
     rows = recipe_rows(recipe, model.tokenizer)["eval"][:8]
-    report = evaluate(sae, model, recipe.hook_name, rows)
+    report = evaluate(model, sae, recipe.hook_name, rows)
     assert report["explained_variance"] == pytest.approx(recorded["explained_variance"], abs=0.05)
     assert report["ce_loss_recovered"] == pytest.approx(recorded["ce_loss_recovered"], abs=0.05)
     index = LatentIndex.load(SAE_DIR / recipe.name)

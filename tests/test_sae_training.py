@@ -75,7 +75,7 @@ def test_evaluate_splices_the_sae_into_the_forward_pass(model, rows):
     torch.manual_seed(0)
     sae = TopKSAE(32, 128, k=8)
     train_sae(sae, ActivationBuffer(model, HOOK, rows, batch_size=128), n_tokens=128 * 300, lr=3e-3, progress=False)
-    report = evaluate(sae, model, HOOK, rows[:16], batch_size=8)
+    report = evaluate(model, sae, HOOK, rows[:16], batch_size=8)
     spliced = model.run_with_hooks(rows[:16], return_type="loss", fwd_hooks=[(HOOK, splice_hook(sae))]).item()
     assert report["ce_sae"] == pytest.approx(spliced, rel=1e-5)
     assert report["ce_clean"] == pytest.approx(model(rows[:16], return_type="loss").item(), rel=1e-5)

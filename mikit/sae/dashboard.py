@@ -1,6 +1,6 @@
 """Browse an SAE's latents offline: top-activating contexts, activation histogram, logit effects, notes.
 
-    index = LatentIndex.build(sae, model, "blocks.15.hook_resid_pre", rows)   # one pass over rows
+    index = LatentIndex.build(model, sae, "blocks.15.hook_resid_pre", rows)   # one pass over rows
     index.save(folder); index = LatentIndex.load(folder)                       # shipped beside the SAE
     latent_card(index, model, sae, 42)          # static HTML: contexts, histogram, boosted/suppressed tokens
     latent_dashboard(index, model, sae)         # the same, with a latent picker and an explanation box
@@ -59,7 +59,7 @@ class LatentIndex:
     @classmethod
     @torch.no_grad()
     def build(
-        cls, sae: SAE, model: HookedTransformer, hook_name: str, rows: Int[Tensor, "batch pos"],
+        cls, model: HookedTransformer, sae: SAE, hook_name: str, rows: Int[Tensor, "batch pos"], *,
         top_k: int = 20, bins: int = 32, batch_size: int = 16, progress: bool = False,
     ) -> LatentIndex:
         """Run `model` on `rows` (BOS first) up to `hook_name`, encode with `sae`, keep each latent's statistics."""
@@ -146,7 +146,7 @@ def latents_for_token(index: LatentIndex, tokenizer, token: str, n: int = 5, top
 
 @torch.no_grad()
 def logit_effects(
-    sae: SAE, model: HookedTransformer, latent: int, k: int = 10
+    model: HookedTransformer, sae: SAE, latent: int, k: int = 10
 ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """The `k` tokens whose logits the latent's decoder direction raises most, and the `k` it lowers most."""
     if not 0 <= latent < sae.d_sae:
@@ -229,7 +229,7 @@ def latent_card(
     hook_name = hook_name or sae.metadata["hook_name"]
     display(HTML(f"<h4>Latent {latent}</h4>" + top_contexts_html(index, model, sae, hook_name, latent, n)))
     activation_histogram(index, latent).show()
-    display(HTML(_effects_html(logit_effects(sae, model, latent))))
+    display(HTML(_effects_html(logit_effects(model, sae, latent))))
 
 
 def latent_dashboard(
@@ -256,7 +256,7 @@ def latent_dashboard(
     def render(_=None) -> None:
         chosen = picker.value
         contexts.value = top_contexts_html(index, model, sae, hook_name, chosen, n)
-        effects.value = _effects_html(logit_effects(sae, model, chosen))
+        effects.value = _effects_html(logit_effects(model, sae, chosen))
         histogram.clear_output(wait=True)
         with histogram:
             activation_histogram(index, chosen).show()

@@ -1,6 +1,6 @@
 """Evaluate an SAE inside its model: reconstruction, sparsity, and the loss when it replaces the activation.
 
-    report = evaluate(sae, model, "blocks.15.hook_resid_pre", rows)
+    report = evaluate(model, sae, "blocks.15.hook_resid_pre", rows)
     report["ce_loss_recovered"], report["explained_variance"], report["l0"], report["dead_fraction"]
 
 CE loss recovered splices the SAE into the forward pass: the hooked activation is replaced by its
@@ -42,7 +42,7 @@ def _zero_hook(activation: Tensor, hook) -> Tensor:
 
 @torch.no_grad()
 def evaluate(
-    sae: SAE, model: HookedTransformer, hook_name: str, rows: Int[Tensor, "batch pos"], batch_size: int = 16,
+    model: HookedTransformer, sae: SAE, hook_name: str, rows: Int[Tensor, "batch pos"], *, batch_size: int = 16,
     dense_threshold: float = 0.1,
 ) -> dict[str, float]:
     """L0, explained variance, dead and dense latent fractions, CE losses (clean, SAE, zero) over `rows`,

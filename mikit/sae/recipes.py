@@ -93,7 +93,7 @@ def train_recipe(
     data = CachedActivations(activations, batch_size=recipe.batch_size, seed=recipe.seed)
     train_sae(sae, data, recipe.epochs * expected, lr=recipe.lr, progress=progress)
     seconds = time.perf_counter() - start
-    report = evaluate(sae, model, recipe.hook_name, rows["eval"])
+    report = evaluate(model, sae, recipe.hook_name, rows["eval"])
     sae.metadata.update({
         "model_name": recipe.model, "hook_name": recipe.hook_name, "context_size": recipe.context,
         "prepend_bos": True, "recipe": asdict(recipe),
@@ -101,5 +101,5 @@ def train_recipe(
         "train_seconds": round(seconds), "trained_on": f"{platform.machine()}, {torch.get_num_threads()} threads",
     })
     out = save(sae, out or SAE_DIR / recipe.name)
-    LatentIndex.build(sae, model, recipe.hook_name, rows["index"], progress=progress).save(out)
+    LatentIndex.build(model, sae, recipe.hook_name, rows["index"], progress=progress).save(out)
     return sae, report
