@@ -83,3 +83,13 @@ def test_the_shipped_sae_meets_the_bars_its_recipe_recorded():
     index = LatentIndex.load(SAE_DIR / recipe.name)
     assert index.tokens.shape == (recipe.index_rows, recipe.context)
     assert torch.equal(index.tokens[-recipe.eval_rows :][:8], rows)
+
+
+def test_training_from_scratch_reads_and_tokenizes_the_corpus_once(tmp_path, monkeypatch):
+    from mikit.datasets import corpus
+
+    reads = []
+    load_texts = corpus.load_texts
+    monkeypatch.setattr(corpus, "load_texts", lambda *args, **kwargs: reads.append(args) or load_texts(*args, **kwargs))
+    train_recipe(dataclasses.replace(TINY, epochs=1), tmp_path / "tiny", progress=False)
+    assert len(reads) == 1

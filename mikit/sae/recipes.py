@@ -69,10 +69,14 @@ def recipe_rows(recipe: SAERecipe, tokenizer) -> dict[str, Int[Tensor, "batch po
     return {"train": rows[: recipe.train_rows], "eval": rows[-recipe.eval_rows :], "index": rows[-recipe.index_rows :]}
 
 
-def recipe_activations(recipe: SAERecipe, model=None, progress: bool = True) -> Float[Tensor, "batch d_in"]:
-    """The activations the recipe trains on, in row order (BOS positions dropped)."""
+def recipe_activations(
+    recipe: SAERecipe, model=None, *, rows: Int[Tensor, "batch pos"] | None = None, progress: bool = True
+) -> Float[Tensor, "batch d_in"]:
+    """The activations the recipe trains on, in row order (BOS positions dropped); `rows`: its training rows, if
+    already read (the corpus is then not loaded and tokenized again)."""
     model = model or mikit.load_model(recipe.model, device="cpu")
-    return ActivationBuffer(model, recipe.hook_name, recipe_rows(recipe, model.tokenizer)["train"]).collect(progress)
+    rows = recipe_rows(recipe, model.tokenizer)["train"] if rows is None else rows
+    return ActivationBuffer(model, recipe.hook_name, rows).collect(progress)
 
 
 def train_recipe(
@@ -83,7 +87,7 @@ def train_recipe(
     model = mikit.load_model(recipe.model, device="cpu")
     rows = recipe_rows(recipe, model.tokenizer)
     if activations is None:
-        activations = recipe_activations(recipe, model, progress)
+        activations = recipe_activations(recipe, model, rows=rows["train"], progress=progress)
     expected = recipe.train_rows * (recipe.context - 1)
     if activations.shape != (expected, model.cfg.d_model):
         raise ValueError(f"{recipe.name} trains on {expected} activations of size {model.cfg.d_model}; "
