@@ -324,8 +324,12 @@ def test_04_sparse_autoencoders_widgets_live(open_notebook, screenshot_dir):
 
     cell.locator("button.widget-button", has_text="next strongest").click()
     wait_for_change(picker.input_value, first_latent, 30, "latent number after 'next strongest'")
-    after_button = wait_for_change(state, before, 60, "dashboard after 'next strongest'")
-    assert all(a != b for a, b in zip(after_button, before)), "contexts, logit effects and histogram must all change."
+
+    def all_changed():  # the three parts redraw one after another: None until every one of them has changed
+        now = state()
+        return now if all(a != b for a, b in zip(now, before)) else None
+
+    after_button = wait_for_change(all_changed, before, 60, "contexts, logit effects and histogram after 'next strongest'")
     assert note.input_value() == "", "the note box should be empty for a latent without an explanation."
 
     picker.fill(first_latent)

@@ -376,7 +376,7 @@ def test_mean_ablate_outside():
 
 # --- exercise 9 -------------------------------------------------------------------------
 def test_circuit(lm):
-    assert checks.circuit(CIRCUIT, lm, n_prompts=16) >= 0.6
+    assert checks.circuit_faithfulness(CIRCUIT, lm, n_prompts=16) >= 0.6
     with pytest.raises(CheckFailed, match="at most 20"):
         checks.circuit([(layer, head) for layer in range(3) for head in range(7)], lm)
     with pytest.raises(CheckFailed, match="not heads of this model"):
@@ -578,10 +578,10 @@ def test_the_circuit_is_judged_on_the_real_lm_of_the_mode(monkeypatch):
 
 
 def test_the_circuit_is_measured_on_other_prompts_under_the_grader(lm):
-    seen = {checks.circuit(CIRCUIT, lm, n_prompts=16)}
+    seen = {checks.circuit_faithfulness(CIRCUIT, lm, n_prompts=16)}
     for seed in SEEDS:
         with hidden_variant(seed):
-            seen.add(checks.circuit(CIRCUIT, lm, n_prompts=16))
+            seen.add(checks.circuit_faithfulness(CIRCUIT, lm, n_prompts=16))
     assert len(seen) == 1 + len(SEEDS) and min(seen) >= 0.6  # other prompts each time, and the circuit holds
     movers_only = [(23, 0), (23, 1), (23, 2), (23, 3), (23, 7), (28, 1), (29, 1)]
     with hidden_variant(2), pytest.raises(CheckFailed, match="keeps") as failure:

@@ -345,8 +345,15 @@ def mean_ablate_outside(fn: Callable) -> None:
     passed(name)
 
 
-def circuit(heads: object, model: HookedTransformer, n_prompts: int = 40, seed: int = 1) -> float:
+def circuit(heads: object, model: HookedTransformer, n_prompts: int = 40, seed: int = 1) -> None:
     """Exercise 9: a circuit of at most 20 heads that keeps ≥ 60 % of the logit difference on unseen prompts."""
+    __tracebackhide__ = True
+    circuit_faithfulness(heads, model, n_prompts, seed)
+
+
+def circuit_faithfulness(heads: object, model: HookedTransformer, n_prompts: int = 40, seed: int = 1) -> float:
+    """`circuit`'s verdict, returning the fraction of the logit difference the circuit keeps (the check cell
+    shows only the verdict: the fraction's last digits move with the machine)."""
     __tracebackhide__ = True
     try:
         heads = [(int(layer), int(head)) for layer, head in heads]
