@@ -66,7 +66,7 @@ def test_attention_pattern():
     rejects(checks.attention_pattern, lambda q, k: _scores(q, k), match="sum to 1")
 
 
-# --- exercises 3-5 ----------------------------------------------------------------------
+# --- exercise 3 ----------------------------------------------------------------------------
 def diag_mean(offset, last=None):
     def score(pattern, *seq_len):
         diag = pattern.diagonal(-offset(*seq_len) if callable(offset) else -offset, dim1=-2, dim2=-1)
@@ -130,7 +130,7 @@ def test_a_query_window_off_by_one_is_named():
                 rejects(check, wrong, match="right key offset .* query window is off by one")
 
 
-# --- exercise 6 -------------------------------------------------------------------------
+# --- exercise 4 -------------------------------------------------------------------------
 def test_per_token_loss():
     checks.per_token_loss(ref.per_token_loss)
     wrongs = [
@@ -143,7 +143,7 @@ def test_per_token_loss():
         rejects(checks.per_token_loss, wrong)
 
 
-# --- exercise 7 -------------------------------------------------------------------------
+# --- exercise 5 -------------------------------------------------------------------------
 def test_logit_attribution():
     checks.logit_attribution(ref.logit_attribution)
     wrongs = [
@@ -155,7 +155,7 @@ def test_logit_attribution():
         rejects(checks.logit_attribution, wrong)
 
 
-# --- exercise 8 -------------------------------------------------------------------------
+# --- exercise 6 -------------------------------------------------------------------------
 def test_ablate_head():
     checks.ablate_head(lambda z, hook, head, mode: core.ablate_head(z, hook, head, mode))
 
@@ -187,7 +187,7 @@ def test_ablate_head():
     rejects(checks.ablate_head, mean_over_positions_too, match="averages over positions as well")
 
 
-# --- exercise 9 -------------------------------------------------------------------------
+# --- exercise 7 -------------------------------------------------------------------------
 def test_ov_copying_score(toy):
     checks.ov_copying_score(ref.ov_copying_score, toy)
     arange = lambda W_E: torch.arange(W_E.shape[0])  # noqa: E731
@@ -201,7 +201,7 @@ def test_ov_copying_score(toy):
         rejects(checks.ov_copying_score, wrong, toy)
 
 
-# --- exercise 10 ------------------------------------------------------------------------
+# --- exercise 8 -------------------------------------------------------------------------
 def test_composition_score():
     checks.composition_score(ref.composition_score)
     fro = torch.linalg.matrix_norm
@@ -215,22 +215,51 @@ def test_composition_score():
         rejects(checks.composition_score, wrong)
 
 
-# --- exercise 11 ------------------------------------------------------------------------
-def test_top_heads():
-    checks.top_heads(ref.top_heads)
-    n_layers = 5
+# --- exercise 3: the three detectors in one check -----------------------------------------
+def test_head_detectors_names_the_function_that_fails(capsys):
+    checks.head_detectors(ref.previous_token_scores, ref.duplicate_token_scores, ref.induction_scores)
+    assert capsys.readouterr().out.count("✓") == 3
+    rejects(checks.head_detectors, ref.previous_token_scores, ref.induction_scores, ref.induction_scores,
+            match="^`duplicate_token_scores`")
+    rejects(checks.head_detectors, ref.previous_token_scores, ref.duplicate_token_scores, ref.duplicate_token_scores,
+            match="^`induction_scores`")
 
-    def ascending(scores, k):
-        return list(reversed(ref.top_heads(scores, k)))
 
-    def divided_by_layers(scores, k):
-        return [(int(i) // n_layers, int(i) % n_layers) for i in scores.flatten().topk(k).indices]
+# --- exercise 9 -------------------------------------------------------------------------
+def _hooked_scan(hook_suffix):
+    def scan(model, tokens, detector):
+        table = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
 
-    def flat_indices(scores, k):
-        return scores.flatten().topk(k).indices.tolist()
+        def score(activation, hook):
+            table[hook.layer()] = detector(activation)
 
-    for wrong in (ascending, divided_by_layers, flat_indices):
-        rejects(checks.top_heads, wrong)
+        model.run_with_hooks(tokens, return_type=None, fwd_hooks=[(lambda name: name.endswith(hook_suffix), score)])
+        return table
+
+    return scan
+
+
+def test_scan_heads(toy):
+    checks.scan_heads(ref.pattern_scores, toy)
+    checks.scan_heads(_hooked_scan("hook_pattern"), toy)
+
+    def one_layer(model, tokens, detector):  # every row scored on layer 0's pattern
+        pattern = model.run_with_cache(tokens)[1]["pattern", 0]
+        return torch.stack([detector(pattern) for _ in range(model.cfg.n_layers)])
+
+    cases = [
+        (_hooked_scan("hook_attn_scores"), "not an attention pattern"),  # the scores before the softmax
+        (lambda m, t, d: ref.pattern_scores(m, t, d).flip(0), "reverse order"),
+        (lambda m, t, d: ref.pattern_scores(m, t, d).T, "shape"),  # (head, layer)
+        (lambda m, t, d: ref.pattern_scores(m, t, ref.previous_token_scores), "never called the detector"),
+        (lambda m, t, d: ref.pattern_scores(m, t, d)[:1].expand(m.cfg.n_layers, -1), "row L holds"),
+        (one_layer, "row L holds"),
+        (lambda m, t, d: torch.stack([d(m.run_with_cache(t)[1]["pattern", 1])] * m.cfg.n_layers), "1 times"),
+    ]
+    for wrong, match in cases:
+        rejects(checks.scan_heads, wrong, toy, match=match)
+        with hidden_variant(3):  # the grader's detector is imported in the kernel: only the table is judged
+            rejects(checks.scan_heads, wrong, toy)
 
 
 # --- input handling ---------------------------------------------------------------------
@@ -253,22 +282,29 @@ from alternatives import induction_heads as alternatives  # noqa: E402  (tests/a
 ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
 
 
+STUDENTS = {student: gid for gid, exercise in checks.EXERCISES.items() for student in exercise.students}
+REFERENCE = {"previous_token_scores": ref.previous_token_scores, "duplicate_token_scores": ref.duplicate_token_scores,
+             "induction_scores": ref.induction_scores}
+
+
 def test_every_exercise_has_two_alternatives():
-    per_exercise = {exercise: 0 for exercise in checks.EXERCISES}
+    per_function = {student: 0 for student in STUDENTS}
     for name in ALTERNATIVES:
-        per_exercise[name.split("__")[0]] += 1
-    assert min(per_exercise.values()) >= 2, per_exercise
+        per_function[name.split("__")[0]] += 1
+    assert min(per_function.values()) >= 2, per_function
 
 
 @pytest.mark.parametrize("name", ALTERNATIVES)
 def test_alternative_passes_visible_and_hidden_checks(name, toy, capsys):
-    exercise, fn = name.split("__")[0], getattr(alternatives, name)
-    check = checks.EXERCISES[exercise].check
-    check(fn, *((toy,) if exercise in ("count_correct_predictions", "ov_copying_score") else ()))
+    function = name.split("__")[0]
+    exercise = checks.EXERCISES[STUDENTS[function]]
+    functions = [getattr(alternatives, name) if student == function else REFERENCE[student] for student in exercise.students]
+    exercise.check(*functions, *((toy,) if STUDENTS[function] in ("count_correct_predictions", "ov_copying_score",
+                                                                   "scan_heads") else ()))
     for seed in (1, 2, 3):
         with hidden.active(), hidden_variant(seed):
-            check(fn, *checks.EXERCISES[exercise].context())
-    assert capsys.readouterr().out.count("✓") == 4
+            exercise.check(*functions, *exercise.context())
+    assert capsys.readouterr().out.count(f"✓ {function}:") == 4
 
 
 def test_ablate_head_accepts_an_in_place_hook_that_returns_none():

@@ -1,6 +1,6 @@
 """Hidden tests under `mikit grade`: what a student does to the kernel cannot earn points.
 
-Submissions are made from notebook 01's released exercise notebook, cut after exercise 6 (the
+Submissions are made from notebook 01's released exercise notebook, cut after exercise 4 (the
 grader puts the later checks back and scores them 0), with the tricks that fooled the grader
 before hidden tests: a patched checks module, a patched `torch.allclose`, a silenced
 `showtraceback`, the reference called (by name and by a route the static scan cannot see), and
@@ -17,9 +17,15 @@ from mikit.grading import grade, reference_uses
 pytestmark = pytest.mark.notebook
 
 RELEASED = NOTEBOOKS / "01_induction_heads.ipynb"
-LAST_KEPT = 31  # the per_token_loss check cell
+LAST_KEPT = next(i for i, cell in enumerate(nbformat.read(RELEASED, as_version=4).cells)
+                 if cell.metadata.get("nbgrader", {}).get("grade_id") == "per_token_loss")  # exercise 4's check cell
 
 HONEST = {
+    "count_correct_predictions": '''
+def count_correct_predictions(model, text):
+    tokens = model.to_tokens(text)
+    return int((model(tokens)[0, :-1].argmax(-1) == tokens[0, 1:]).sum())
+''',
     "attention_pattern": '''
 def attention_pattern(q, k):
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
@@ -33,9 +39,22 @@ def per_token_loss(logits, tokens):
 ''',
 }
 
+HONEST_DETECTORS = '''
+def previous_token_scores(pattern):
+    return pattern.diagonal(-1, dim1=-2, dim2=-1).mean((0, -1))
+
+
+def duplicate_token_scores(pattern, seq_len):
+    return pattern.diagonal(-seq_len, dim1=-2, dim2=-1)[..., -seq_len:].mean((0, -1))
+
+
+def induction_scores(pattern, seq_len):
+    return pattern.diagonal(1 - seq_len, dim1=-2, dim2=-1)[..., -seq_len:].mean((0, -1))
+'''
+
 
 def submission(tmp_path, name, solutions, extra_after_setup=""):
-    """The released notebook cut after exercise 6, with `solutions` (grade_id → source) and an extra cell."""
+    """The released notebook cut after exercise 4, with `solutions` (grade_id → source) and an extra cell."""
     nb = nbformat.read(RELEASED, as_version=4)
     nb.cells = nb.cells[: LAST_KEPT + 1]
     for cell in nb.cells:
@@ -69,33 +88,37 @@ get_ipython().showtraceback = lambda *args, **kwargs: None
 
 
 def test_reference_calls_and_hard_coded_answers_score_zero_and_honest_work_scores(tmp_path):
+    detectors = HONEST_DETECTORS.replace(
+        "def previous_token_scores(pattern):\n    return pattern.diagonal(-1, dim1=-2, dim2=-1).mean((0, -1))",
+        "def previous_token_scores(pattern):\n    return induction.previous_token_scores(pattern)",
+    )
     solutions = {
         **HONEST,
         # named in the solution: the static scan sees it
-        "previous_token_scores": "def previous_token_scores(pattern):\n    return induction.previous_token_scores(pattern)\n",
+        "head_detectors": detectors,
         # reached by a route no scan sees: the guard sees the call
-        "induction_scores": (
-            "def induction_scores(pattern, seq_len):\n"
+        "per_token_loss": (
+            "def per_token_loss(logits, tokens):\n"
             "    module = __import__('mikit.' + 'induction', fromlist=['_'])\n"
-            "    return getattr(module, 'induction_' + 'scores')(pattern, seq_len)\n"
+            "    return getattr(module, 'per_token_' + 'loss')(logits, tokens)\n"
         ),
         # the visible check's answer, computed once (in another cell) and returned for any input
-        "duplicate_token_scores": "def duplicate_token_scores(pattern, seq_len):\n    return VISIBLE_ANSWER\n",
+        "attention_pattern": "def attention_pattern(q, k):\n    return VISIBLE_ANSWER\n",
     }
     visible_answer = '''
-from mikit.checks.induction_heads import _random_patterns
-VISIBLE_ANSWER = induction.duplicate_token_scores(_random_patterns(batch=3, heads=4, pos=13, seed=7), 6)
+q, k = (torch.randn(2, 7, 3, 16, generator=torch.Generator().manual_seed(seed)) for seed in (1, 2))
+VISIBLE_ANSWER = induction.attention_pattern(q, k)
 '''
     report = grade(submission(tmp_path, "shortcuts", solutions, visible_answer), reference=RELEASED, seed=11)
     ex = report.exercises
-    assert ex["attention_pattern"].points == 2 and ex["per_token_loss"].points == 1, report.to_text()
-    assert ex["previous_token_scores"].points == 0
-    assert "refers to the reference `mikit.induction.previous_token_scores`" in ex["previous_token_scores"].message
-    assert ex["induction_scores"].points == 0
-    assert "calls the reference `mikit.induction.induction_scores`" in ex["induction_scores"].message
-    assert ex["duplicate_token_scores"].points == 0
-    assert "shape" in ex["duplicate_token_scores"].message  # hidden inputs have another number of heads
-    assert report.total == 3
+    assert "head_detectors" in ex and ex["count_correct_predictions"].points == 1, report.to_text()
+    assert ex["head_detectors"].points == 0
+    assert "refers to the reference `mikit.induction.previous_token_scores`" in ex["head_detectors"].message
+    assert ex["per_token_loss"].points == 0
+    assert "calls the reference `mikit.core.metrics.per_token_loss`" in ex["per_token_loss"].message
+    assert ex["attention_pattern"].points == 0
+    assert "shape" in ex["attention_pattern"].message  # hidden inputs have other sizes
+    assert report.total == 1
 
 
 def test_static_scan_follows_import_aliases():

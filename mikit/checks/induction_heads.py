@@ -106,25 +106,33 @@ def _detector(fn: Callable, name: str, offset: Callable[[int], int], queries: st
 
 
 def previous_token_scores(fn: Callable) -> None:
-    """Exercise 3: attention to the previous position."""
+    """Exercise 3, first detector: attention to the previous position."""
     _detector(fn, "previous_token_scores", lambda seq_len: 1, "every query but the first (it has no previous token)",
               needs_seq_len=False)
 
 
 def duplicate_token_scores(fn: Callable) -> None:
-    """Exercise 4: attention from the second copy to the same token's first copy."""
+    """Exercise 3, second detector: attention from the second copy to the same token's first copy."""
     _detector(fn, "duplicate_token_scores", lambda seq_len: seq_len,
               "the queries of the second copy only, the last seq_len positions", needs_seq_len=True)
 
 
 def induction_scores(fn: Callable) -> None:
-    """Exercise 5: attention to the token after the earlier copy."""
+    """Exercise 3, third detector: attention to the token after the earlier copy."""
     _detector(fn, "induction_scores", lambda seq_len: seq_len - 1,
               "the queries of the second copy only, the last seq_len positions", needs_seq_len=True)
 
 
+def head_detectors(previous: Callable, duplicate: Callable, induction: Callable) -> None:
+    """Exercise 3: the three detectors, each checked on its own (the first that fails stops the check)."""
+    __tracebackhide__ = True
+    previous_token_scores(previous)
+    duplicate_token_scores(duplicate)
+    induction_scores(induction)
+
+
 def per_token_loss(fn: Callable) -> None:
-    """Exercise 6: next-token cross-entropy at each position."""
+    """Exercise 4: next-token cross-entropy at each position."""
     __tracebackhide__ = True
     batch, pos, vocab = size(2), size(9), size(11)
     logits = torch.randn(batch, pos, vocab, generator=seeded(3)) * 2
@@ -141,7 +149,7 @@ def per_token_loss(fn: Callable) -> None:
 
 
 def logit_attribution(fn: Callable) -> None:
-    """Exercise 7: direct logit attribution of components to the next token."""
+    """Exercise 5: direct logit attribution of components to the next token."""
     __tracebackhide__ = True
     comp, batch, pos, d_model, vocab = size(5), size(2), size(6), size(8), size(13)
     components = torch.randn(comp, batch, pos, d_model, generator=seeded(5))
@@ -159,7 +167,7 @@ def logit_attribution(fn: Callable) -> None:
 
 
 def ablate_head(fn: Callable) -> None:
-    """Exercise 8: zero and (per-position) mean ablation hook on hook_z."""
+    """Exercise 6: zero and (per-position) mean ablation hook on hook_z."""
     __tracebackhide__ = True
     heads = size(4)
     z = torch.randn(size(3), size(5), heads, size(6), generator=seeded(8)) + 1.0
@@ -192,7 +200,7 @@ def ablate_head(fn: Callable) -> None:
 
 
 def ov_copying_score(fn: Callable, model: HookedTransformer) -> None:
-    """Exercise 9: fraction of tokens the full OV circuit copies."""
+    """Exercise 7: fraction of tokens the full OV circuit copies."""
     __tracebackhide__ = True
     name = "ov_copying_score"
     for layer in range(model.cfg.n_layers):
@@ -211,7 +219,7 @@ def ov_copying_score(fn: Callable, model: HookedTransformer) -> None:
 
 
 def composition_score(fn: Callable) -> None:
-    """Exercise 10: composition score between two matrices."""
+    """Exercise 8: composition score between two matrices."""
     __tracebackhide__ = True
     name = "composition_score"
     d_model, d_head = size(12), size(7)
@@ -228,25 +236,45 @@ def composition_score(fn: Callable) -> None:
     passed(name)
 
 
-def top_heads(fn: Callable) -> None:
-    """Exercise 11: the k highest-scoring (layer, head) pairs."""
+def _bos_share(pattern: Tensor) -> Tensor:
+    """The check's detector: each head's mean attention to BOS, a score that tells layers apart."""
+    return pattern[..., 0].mean(dim=(0, -1))
+
+
+def _expect_one_pattern_per_layer(seen: list[Tensor], name: str, n_layers: int) -> None:
+    if not seen:
+        raise CheckFailed(f"`{name}` never called the detector it was given: apply `detector` to each layer's pattern")
+    if any(p.shape[-1] != p.shape[-2] or not torch.allclose(p.sum(-1), torch.ones(()), atol=1e-4) or p.min() < 0
+           for p in seen):
+        raise CheckFailed(f"`{name}` gave the detector something that is not an attention pattern (rows of "
+                          "probabilities summing to 1): read `blocks.L.attn.hook_pattern`, not the scores before the softmax")
+    if len(seen) != n_layers:
+        raise CheckFailed(f"`{name}` called the detector {len(seen)} times for a {n_layers}-layer model: once per layer")
+
+
+def scan_heads(fn: Callable, model: HookedTransformer) -> None:
+    """Exercise 9: one forward pass, a detector applied to every layer's pattern, a (layer, head) table."""
     __tracebackhide__ = True
-    name = "top_heads"
-    layers, heads, k = size(5), size(7), size(4)
-    scores = torch.rand(layers, heads, generator=seeded(11))
-    got = call_student(fn, name, scores, k)
-    want = ref.top_heads(scores, k)
-    try:
-        got = [(int(layer), int(head)) for layer, head in got]
-    except (TypeError, ValueError):
-        raise CheckFailed("`top_heads` should return a list of (layer, head) pairs of ints") from None
-    if sorted(got) == sorted(want) and got != want:
-        raise CheckFailed("`top_heads` found the right heads but in the wrong order: largest score first")
-    if got != want:
-        raise CheckFailed(
-            "`top_heads` returned the wrong heads" + reveal(f" ({got}, expected {want} on a 5-layer × 7-head score table)")
-            + "; a flat index i is layer i // n_heads, head i % n_heads"
-        )
+    name = "scan_heads"
+    cfg = model.cfg
+    seed = int(torch.randint(2**31 - 1, (1,), generator=seeded(12)))
+    tokens = ref.repeated_tokens(model, seq_len=size(8), batch=size(2), seed=seed)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda hook: hook.endswith("hook_pattern"))
+    patterns = [cache["pattern", layer] for layer in range(cfg.n_layers)]
+    want = torch.stack([_bos_share(p) for p in patterns])
+    seen: list[Tensor] = []  # what the student's function hands the detector (in the notebook's kernel)
+
+    def recording(pattern: Tensor) -> Tensor:
+        seen.append(pattern.detach())
+        return _bos_share(pattern)
+
+    # The grader's student function runs in another kernel: it gets a detector it can import, not this closure.
+    detector = _bos_share if hidden() else recording
+    got = expect_tensor(call_student(fn, name, model, tokens, detector), name, (cfg.n_layers, cfg.n_heads), "layer head")
+    if not hidden():
+        _expect_one_pattern_per_layer(seen, name, cfg.n_layers)
+    reject_known_mistakes(got, [(want.flip(0), "your layers are in reverse order: row L is layer L")], want)
+    expect_close(got, want, name, atol=1e-5, hint="row L holds detector(pattern of layer L), one number per head")
     passed(name)
 
 
@@ -259,19 +287,14 @@ EXERCISES = {
         count_correct_predictions, ("count_correct_predictions",), _toy, (ref.count_correct_predictions,)
     ),
     "attention_pattern": Exercise(attention_pattern, ("attention_pattern",), forbidden=(ref.attention_pattern,)),
-    "previous_token_scores": Exercise(
-        previous_token_scores, ("previous_token_scores",), forbidden=(ref.previous_token_scores, ref._diagonal_score)
-    ),
-    "duplicate_token_scores": Exercise(
-        duplicate_token_scores, ("duplicate_token_scores",), forbidden=(ref.duplicate_token_scores, ref._diagonal_score)
-    ),
-    "induction_scores": Exercise(
-        induction_scores, ("induction_scores",), forbidden=(ref.induction_scores, ref._diagonal_score)
+    "head_detectors": Exercise(
+        head_detectors, ("previous_token_scores", "duplicate_token_scores", "induction_scores"),
+        forbidden=(ref.previous_token_scores, ref.duplicate_token_scores, ref.induction_scores, ref._diagonal_score),
     ),
     "per_token_loss": Exercise(per_token_loss, ("per_token_loss",), forbidden=(ref.per_token_loss,)),
     "logit_attribution": Exercise(logit_attribution, ("logit_attribution",), forbidden=(ref.logit_attribution,)),
     "ablate_head": Exercise(ablate_head, ("ablate_head",), forbidden=(core.ablate_head,)),
     "ov_copying_score": Exercise(ov_copying_score, ("ov_copying_score",), _toy, (ref.ov_copying_score,)),
     "composition_score": Exercise(composition_score, ("composition_score",), forbidden=(ref.composition_score,)),
-    "top_heads": Exercise(top_heads, ("top_heads",), forbidden=(ref.top_heads,)),
+    "scan_heads": Exercise(scan_heads, ("scan_heads",), _toy, (ref.pattern_scores,)),
 }

@@ -58,7 +58,7 @@ def attention_pattern__loops(q, k):
     return pattern
 
 
-# --- exercises 3-5: head detectors ----------------------------------------------------------------
+# --- exercise 3: head detectors ----------------------------------------------------------------
 def previous_token_scores__indexing(pattern):
     n = pattern.shape[-1]
     queries = torch.arange(1, n)
@@ -97,7 +97,7 @@ def induction_scores__loop(pattern, seq_len):
     return total / seq_len
 
 
-# --- exercise 6: per_token_loss(logits, tokens) ---------------------------------------------------
+# --- exercise 4: per_token_loss(logits, tokens) ---------------------------------------------------
 def per_token_loss__cross_entropy(logits, tokens):
     batch, pos, vocab = logits.shape
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), tokens[:, 1:].reshape(-1), reduction="none")
@@ -110,7 +110,7 @@ def per_token_loss__logsumexp(logits, tokens):
     return predicting.logsumexp(dim=-1) - correct
 
 
-# --- exercise 7: logit_attribution(components, W_U, tokens) ---------------------------------------
+# --- exercise 5: logit_attribution(components, W_U, tokens) ---------------------------------------
 def logit_attribution__full_logits(components, W_U, tokens):
     logits = components[:, :, :-1] @ W_U  # (comp, batch, pos - 1, vocab)
     index = tokens[:, 1:].expand(components.shape[0], -1, -1)[..., None]
@@ -122,7 +122,7 @@ def logit_attribution__elementwise(components, W_U, tokens):
     return (components[:, :, :-1] * directions).sum(-1)
 
 
-# --- exercise 8: ablate_head(z, hook, head, mode) -------------------------------------------------
+# --- exercise 6: ablate_head(z, hook, head, mode) -------------------------------------------------
 def ablate_head__in_place(z, hook, head, mode="zero"):
     if mode == "zero":
         z[:, :, head, :] = 0
@@ -143,7 +143,7 @@ def ablate_head__in_place_returns_none(z, hook, head, mode="zero"):
     z[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean(dim=0)
 
 
-# --- exercise 9: ov_copying_score(W_E, W_V, W_O, W_U) ---------------------------------------------
+# --- exercise 7: ov_copying_score(W_E, W_V, W_O, W_U) ---------------------------------------------
 def ov_copying_score__diagonal_is_max(W_E, W_V, W_O, W_U):
     full = (W_E @ W_V) @ (W_O @ W_U)
     return (full.diagonal() >= full.max(dim=1).values).float().mean()
@@ -155,7 +155,7 @@ def ov_copying_score__loop(W_E, W_V, W_O, W_U):
     return copied / full.shape[0]
 
 
-# --- exercise 10: composition_score(W_A, W_B) -----------------------------------------------------
+# --- exercise 8: composition_score(W_A, W_B) -----------------------------------------------------
 def composition_score__manual_norms(W_A, W_B):
     frobenius = lambda M: M.pow(2).sum().sqrt()  # noqa: E731
     return frobenius(W_A @ W_B) / (frobenius(W_A) * frobenius(W_B))
@@ -165,13 +165,19 @@ def composition_score__torch_norm(W_A, W_B):
     return float(torch.norm(torch.mm(W_A, W_B)) / torch.norm(W_A) / torch.norm(W_B))
 
 
-# --- exercise 11: top_heads(scores, k) -----------------------------------------------------------
-def top_heads__argsort(scores, k):
-    order = scores.flatten().argsort(descending=True)[:k]
-    return [divmod(int(i), scores.shape[1]) for i in order]
+# --- exercise 9: scan_heads(model, tokens, detector) ------------------------------------------------
+def scan_heads__cache(model, tokens, detector):
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: "pattern" in name)
+    return torch.stack([detector(cache[f"blocks.{layer}.attn.hook_pattern"]) for layer in range(model.cfg.n_layers)])
 
 
-def top_heads__python_sort(scores, k):
-    table = [(scores[layer, head].item(), layer, head) for layer in range(scores.shape[0]) for head in range(scores.shape[1])]
-    table.sort(reverse=True)
-    return [(layer, head) for _, layer, head in table[:k]]
+def scan_heads__hooks_into_a_dict(model, tokens, detector):
+    scores = {}
+
+    def keep(pattern, hook):
+        scores[hook.name] = detector(pattern).detach()
+
+    hooks = [(f"blocks.{layer}.attn.hook_pattern", keep) for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return torch.stack([scores[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)])

@@ -214,7 +214,7 @@ def _edit(nb, text: str, new: str):
 
 
 def _old_header(nb):
-    _edit(nb, "*Difficulty 1/3 · 1 point · ~5 min.*\nMean attention", "*Difficulty 1/3 · 1 point.* Mean attention")
+    _edit(nb, "*Difficulty 1/3 · 1 point · ~5 min.*\nThe cross-entropy", "*Difficulty 1/3 · 1 point.* The cross-entropy")
 
 
 def _renumber(nb):
@@ -222,7 +222,7 @@ def _renumber(nb):
 
 
 def _singular(nb):
-    _edit(nb, "### Exercise 11 — the top heads\n*Difficulty 1/3 · 1 point ·", "### Exercise 11 — the top heads\n"
+    _edit(nb, "### Exercise 4 — per-token loss\n*Difficulty 1/3 · 1 point ·", "### Exercise 4 — per-token loss\n"
           "*Difficulty 1/3 · 1 points ·")
 
 
@@ -242,7 +242,7 @@ def _points_off_difficulty(nb):
 
 
 def _check_points_changed(nb):
-    _check_cell(nb, "previous_token_scores").metadata.nbgrader["points"] = 3
+    _check_cell(nb, "head_detectors").metadata.nbgrader["points"] = 3
 
 
 def _one_hint(nb):
@@ -262,9 +262,9 @@ def _second_hint_misnamed(nb):
 
 
 def _code_in_hint(nb):
-    cell = _markdown_with(nb, "### Exercise 11 —")
+    cell = _markdown_with(nb, "### Exercise 9 —")
     cell.source = cell.source.replace("</details>\n<details><summary>Hint 2",
-                                      "\n```python\nscores.flatten().topk(k)\n```\n</details>\n<details><summary>Hint 2", 1)
+                                      "\n```python\nmodel.run_with_hooks(tokens)\n```\n</details>\n<details><summary>Hint 2", 1)
 
 
 def _unclosed_hint(nb):
@@ -296,20 +296,20 @@ def _seven_exercises(nb):
 
 DOCTORED = [
     # (doctoring, the check that must catch it, words its sentence must contain)
-    (_old_header, "headers", ["`previous_token_scores` does not start with", "*Difficulty 1/3 · 1 point.*"]),
-    (_renumber, "headers", ["exercise 4 (previous_token_scores) is numbered 4 but is exercise 3 in order"]),
-    (_singular, "headers", ["exercise 11 (top_heads) says '1 points'"]),
-    (_header_deleted, "headers", ["check cell `induction_scores` has no exercise header above it"]),
+    (_old_header, "headers", ["`per_token_loss` does not start with", "*Difficulty 1/3 · 1 point.*"]),
+    (_renumber, "headers", ["exercise 4 (head_detectors) is numbered 4 but is exercise 3 in order"]),
+    (_singular, "headers", ["exercise 4 (per_token_loss) says '1 points'"]),
+    (_header_deleted, "headers", ["check cell `logit_attribution` has no exercise header above it"]),
     (_two_headers_one_check, "headers", ["'### Exercise 5 — a draft' has no graded check cell of its own"]),
     (_points_off_difficulty, "points", ["exercise 2 (attention_pattern) is difficulty 2/3 but worth 1 point(s)",
                                         "exercise 2 (attention_pattern) says 1 point(s) in its header but its check "
                                         "cell's nbgrader points are 2"]),
-    (_check_points_changed, "points", ["exercise 3 (previous_token_scores) says 1 point(s) in its header but its "
+    (_check_points_changed, "points", ["exercise 3 (head_detectors) says 2 point(s) in its header but its "
                                        "check cell's nbgrader points are 3"]),
-    (_one_hint, "hints", ["exercise 6 (per_token_loss) has 1 hint(s)"]),
+    (_one_hint, "hints", ["exercise 6 (ablate_head) has 1 hint(s)"]),
     (_untitled_hint, "hints", ["exercise 2 (attention_pattern): its first hint is titled 'Hint'"]),
-    (_second_hint_misnamed, "hints", ["exercise 9 (ov_copying_score): its hint number 2 is titled 'Hint 3 — the code'"]),
-    (_code_in_hint, "hints", ["exercise 11 (top_heads) has a code block in its hints"]),
+    (_second_hint_misnamed, "hints", ["exercise 9 (scan_heads): its hint number 2 is titled 'Hint 3 — the code'"]),
+    (_code_in_hint, "hints", ["exercise 9 (scan_heads) has a code block in its hints"]),
     (_unclosed_hint, "hints", ["exercise 1 (count_correct_predictions) opens 2 <details> blocks but closes 1"]),
     (_one_think, "think", ["has 1 '**Think.**' question(s); it needs 2 to 3"]),
     (_four_thinks, "think", ["has 4 '**Think.**' question(s); it needs 2 to 3"]),
