@@ -1,6 +1,7 @@
 """Notebook 05's checks accept correct solutions and reject plausible wrong ones with a helpful message,
 in the notebook and as the grader's hidden tests (other seeds, shapes and indices; arguments sent as data)."""
 
+import functools
 import json
 from contextlib import nullcontext
 
@@ -16,6 +17,7 @@ from mikit.xattn import attention as xattn_attention
 from mikit.xattn import binding as xattn_binding
 from mikit.xattn import captioner as xattn_captioner
 from mikit.xattn import diffusers_attention as xattn_diffusers
+from mikit.xattn.training import SceneData, sample
 
 HIDDEN_SEEDS = (1, 2, 3)
 
@@ -75,15 +77,65 @@ def test_cross_attention_probs(variant):
     fails(check.cross_attention_probs, stub, match="NotImplementedError")
 
 
-# ---- exercise 2: a word's grid ----------------------------------------------------------------------
+# ---- exercise 2: recording the maps under guidance --------------------------------------------------
 
 
-def test_word_grid(variant):
-    check.word_grid(lambda maps, w: maps[..., w + 1].unflatten(-1, (8, 8)))
-    fails(check.word_grid, lambda maps, w: maps[..., w].unflatten(-1, (8, 8)), match="i \\+ 1")
-    fails(check.word_grid, lambda maps, w: maps[..., w + 1].unflatten(-1, (8, 8)).transpose(-1, -2), match="transposed")
-    fails(check.word_grid, lambda maps, w: maps[..., w + 2].unflatten(-1, (8, 8)), match="differs")
-    fails(check.word_grid, lambda maps, w: maps[..., w + 1], match="shape")
+def record(model, captions, steps=20, guidance=3.0, seed=0, rows="conditional", copy=True, order="step",
+           hook_point="cross_attn", zero_unconditional=False):
+    """The recorder, or one of its plausible mistakes."""
+    n = len(captions)
+    kept = {layer: [] for layer in range(model.cfg.n_layers)}
+
+    def keep(pattern, hook, layer):
+        chosen = {"conditional": pattern[:n], "unconditional": pattern[n:], "all": pattern}[rows]
+        kept[layer].append(chosen.detach().clone() if copy else chosen.detach())
+        if zero_unconditional:
+            pattern[n:] = 0
+
+    hooks = [(f"blocks.{layer}.{hook_point}.hook_pattern", functools.partial(keep, layer=layer)) for layer in kept]
+    with model.hooks(fwd_hooks=hooks):
+        images = sample(model, captions, steps=steps, guidance=guidance, seed=seed)
+    maps = torch.stack([torch.stack(kept[layer]) for layer in kept])  # (layer, step, ...)
+    return images, maps.transpose(0, 1) if order == "step" else maps
+
+
+def half_the_batch(model, captions, steps=20, guidance=3.0, seed=0):
+    """n_prompts taken as half of each call's rows, which holds only under guidance."""
+    kept = []
+
+    def keep(pattern, hook):
+        kept.append(pattern[: pattern.shape[0] // 2].detach().clone())
+
+    hooks = [(f"blocks.{layer}.cross_attn.hook_pattern", keep) for layer in range(model.cfg.n_layers)]
+    with model.hooks(fwd_hooks=hooks):
+        images = sample(model, captions, steps=steps, guidance=guidance, seed=seed)
+    return images, torch.stack(kept).unflatten(0, (-1, model.cfg.n_layers))
+
+
+def test_record_cross_attention(variant):
+    check.record_cross_attention(record)
+    fails(check.record_cross_attention, functools.partial(record, rows="unconditional"), match="unconditional rows")
+    fails(check.record_cross_attention, functools.partial(record, rows="all"), match="kept all")
+    fails(check.record_cross_attention, functools.partial(record, copy=False), match="Keep a copy")
+    fails(check.record_cross_attention, functools.partial(record, order="layer"), match="first two axes")
+    fails(check.record_cross_attention, functools.partial(record, hook_point="self_attn"), match="self-attention")
+    fails(check.record_cross_attention, functools.partial(record, zero_unconditional=True), match="changed what the model draws")
+    fails(check.record_cross_attention, half_the_batch, match="guidance 1")
+    fails(check.record_cross_attention, lambda *a, **k: record(*a, **k)[1], match="two things")
+    fails(check.record_cross_attention, stub, match="NotImplementedError")
+
+
+def test_the_recording_model_overwrites_patterns_only_after_they_are_used():
+    model = check.recording_model(0, 2)
+    captions = SceneData.generate(2, seed=0).captions
+    plain = check.TinyT2I(model.cfg).eval()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(sample(model, captions, steps=2), sample(plain, captions, steps=2))
+    with xattn_attention.CrossAttentionStore(model) as store:  # a copy taken in the hook is safe ...
+        sample(model, captions, steps=2)
+    assert (store.stacked().sum(-1) - 1).abs().max() < 1e-5
+    _, maps = record(model, captions, steps=2, copy=False)  # ... a view is overwritten
+    assert maps.abs().max() == 0
 
 
 # ---- exercise 3: DAAM heatmap -----------------------------------------------------------------------
@@ -204,16 +256,33 @@ def test_attn2_probs(variant):
     fails(check.attn2_probs, lambda a, h, c, cfg: attn2(a, h, c, False), match="shape")
 
 
-# ---- exercise 7: image attention share ---------------------------------------------------------------
+# ---- exercise 7: each word's image share -----------------------------------------------------------
 
 
-def test_image_attention_share(variant):
-    check.image_attention_share(lambda p, n: p[..., :n].sum(-1))
-    fails(check.image_attention_share, lambda p, n: p[..., n:].sum(-1), match="text tokens")
-    fails(check.image_attention_share, lambda p, n: p[..., :n].mean(-1), match="mean")
-    fails(check.image_attention_share, lambda p, n: p[..., : n + 1].sum(-1), match="keys 0 to n_image - 1")
-    fails(check.image_attention_share, lambda p, n: p[..., :n, :].sum(-2), match="not over the queries")
-    fails(check.image_attention_share, lambda p, n: p[..., :n].sum(-1)[:, 0], match="shape")
+def shares(patterns, n_image, caption, position, shift=0, keys="image", heads="mean", index="pairs", layout="word"):
+    """Each word's image share, or one of its plausible mistakes."""
+    chosen = {"image": patterns[..., :n_image], "text": patterns[..., n_image:], "last": patterns[..., -n_image:],
+              "all": patterns, "mean": patterns[..., :n_image] / n_image}[keys]
+    mass = chosen.sum(-1)
+    mass = mass.mean(2) if heads == "mean" else mass.sum(2)  # (layer, caption, query)
+    query = n_image + position + shift if shift is not None else position
+    out = mass[:, caption, query] if index == "pairs" else mass[:, caption][:, :, query]
+    return out.transpose(0, 1) if layout == "word" else out
+
+
+def test_word_image_shares(variant):
+    check.word_image_shares(shares)
+    fails(check.word_image_shares, functools.partial(shares, shift=1), match="own position")
+    fails(check.word_image_shares, functools.partial(shares, shift=None), match="queries count the image tokens")
+    fails(check.word_image_shares, functools.partial(shares, keys="text"), match="text keys")
+    fails(check.word_image_shares, functools.partial(shares, keys="last"), match="not the last")
+    fails(check.word_image_shares, functools.partial(shares, keys="all"), match="sum the image keys only")
+    fails(check.word_image_shares, functools.partial(shares, keys="mean"), match="divides the share by n_image")
+    fails(check.word_image_shares, functools.partial(shares, heads="sum"), match="average over heads")
+    fails(check.word_image_shares, functools.partial(shares, layout="layer"), match="words first")
+    fails(check.word_image_shares, functools.partial(shares, index="grid"), match="one \\(caption, query\\) pair")
+    fails(check.word_image_shares, functools.partial(shares, shift=-1), match="differs")
+    fails(check.word_image_shares, stub, match="NotImplementedError")
 
 
 # ---- hidden tests ------------------------------------------------------------------------------------
@@ -221,12 +290,12 @@ def test_image_attention_share(variant):
 # A correct function per exercise: the kit's reference where it has one, else this file's.
 REFERENCES = {
     "cross_attention_probs": probs,
-    "word_grid": lambda maps, w: maps[..., w + 1].unflatten(-1, (8, 8)),
+    "record_cross_attention": record,
     "daam_heatmap": xattn_attention.word_heatmap,
     "mean_iou": xattn_attention.mean_iou,
     "weakest_token": weakest,
     "reweight": xattn_binding.reweight_pattern,
-    "image_attention_share": xattn_captioner.image_attention_share,
+    "word_image_shares": xattn_captioner.word_image_shares,
     "attn2_probs": attn2,
 }
 

@@ -43,48 +43,84 @@ def accepts(check, fn, capsys, *args):
     assert "✓" in capsys.readouterr().out
 
 
-# --- exercise 1: a residual-stream patching hook ------------------------------------------
-def patch_resid_hook(resid, hook, pos, clean_resid):
-    resid[:, pos] = clean_resid[:, pos]
-    return resid
+# --- exercise 1: one patch, end to end -----------------------------------------------------
+def patch_resid(model, corrupted_tokens, clean_cache, layer, pos, metric, hook_name=None, index=None, keep_hook=False):
+    name = hook_name or get_act_name("resid_pre", layer)
+    where = (slice(None), pos) if index is None else index
 
-
-def test_patch_resid_hook(capsys, variant):
-    accepts(checks.patch_resid_hook, patch_resid_hook, capsys)
-
-    def in_place_returning_none(resid, hook, pos, clean_resid):
-        resid[:, pos] = clean_resid[:, pos]
-
-    accepts(checks.patch_resid_hook, in_place_returning_none, capsys)
-
-    def every_position(resid, hook, pos, clean_resid):
-        return clean_resid.clone()
-
-    def batch_axis(resid, hook, pos, clean_resid):
-        resid[pos] = clean_resid[pos]
+    def patch(resid, hook):
+        resid[where] = clean_cache[name][where]
         return resid
 
-    def from_pos_on(resid, hook, pos, clean_resid):
-        resid[:, pos:] = clean_resid[:, pos:]
-        return resid
+    if keep_hook:
+        model.add_hook(name, patch)
+        return metric(model(corrupted_tokens)).item()
+    return metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patch)])).item()
 
-    def off_by_one(resid, hook, pos, clean_resid):
-        resid[:, pos - 1] = clean_resid[:, pos - 1]
-        return resid
 
-    def writes_into_clean(resid, hook, pos, clean_resid):
-        clean_resid[:, pos] = resid[:, pos]
-        return resid
+def test_patch_resid(capsys, variant):
+    accepts(checks.patch_resid, patch_resid, capsys)
 
-    def stub(resid, hook, pos, clean_resid):
+    def every_position(*args):
+        return patch_resid(*args, index=(slice(None),))
+
+    def from_pos_on(model, corrupted_tokens, clean_cache, layer, pos, metric):
+        return patch_resid(model, corrupted_tokens, clean_cache, layer, pos, metric, index=(slice(None), slice(pos, None)))
+
+    def batch_axis(model, corrupted_tokens, clean_cache, layer, pos, metric):
+        return patch_resid(model, corrupted_tokens, clean_cache, layer, pos, metric, index=(pos,))
+
+    def resid_post(model, corrupted_tokens, clean_cache, layer, pos, metric):
+        return patch_resid(model, corrupted_tokens, clean_cache, layer, pos, metric,
+                           hook_name=get_act_name("resid_post", layer))
+
+    def layer_before(model, corrupted_tokens, clean_cache, layer, pos, metric):
+        return patch_resid(model, corrupted_tokens, clean_cache, max(layer - 1, 0), pos, metric)
+
+    def hook_left_on(*args):
+        return patch_resid(*args, keep_hook=True)
+
+    def the_clean_run(model, corrupted_tokens, clean_cache, layer, pos, metric):
+        name = get_act_name("resid_pre", layer)
+        hook = lambda resid, hook: resid.index_copy_(1, torch.tensor([pos]), clean_cache[name][:, [pos]])  # noqa: E731
+        start = clean_cache["resid_pre", 0].clone()
+        return metric(model.run_with_hooks(start, start_at_layer=0, fwd_hooks=[(name, hook)])).item()
+
+    def edits_a_copy(model, corrupted_tokens, clean_cache, layer, pos, metric):
+        def patch(resid, hook):
+            resid = resid.clone()
+            resid[:, pos] = clean_cache[hook.name][:, pos]  # the copy is dropped: TransformerLens keeps the input
+
+        return metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(get_act_name("resid_pre", layer), patch)])).item()
+
+    def writes_into_clean(model, corrupted_tokens, clean_cache, layer, pos, metric):
+        def patch(resid, hook):
+            clean_cache[hook.name][:, pos] = resid[:, pos]
+
+        with torch.no_grad():  # as in the notebook (the cache's tensors cannot be edited with autograd on)
+            return metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(get_act_name("resid_pre", layer), patch)])).item()
+
+    def returns_logits(model, corrupted_tokens, clean_cache, layer, pos, metric):
+        name = get_act_name("resid_pre", layer)
+        hook = lambda resid, hook: resid.index_copy_(1, torch.tensor([pos]), clean_cache[name][:, [pos]])  # noqa: E731
+        return model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
+
+    def stub(*args):
         raise NotImplementedError
 
-    rejects(checks.patch_resid_hook, every_position, match="every position")
-    rejects(checks.patch_resid_hook, batch_axis, match="batch axis")
-    rejects(checks.patch_resid_hook, from_pos_on, match="every later one")
-    rejects(checks.patch_resid_hook, off_by_one, match="off by one")
-    rejects(checks.patch_resid_hook, writes_into_clean, match="changed clean_resid")
-    rejects(checks.patch_resid_hook, stub, match="NotImplementedError")
+    rejects(checks.patch_resid, every_position, match="you replaced every position")
+    rejects(checks.patch_resid, from_pos_on, match="every later one")
+    rejects(checks.patch_resid, batch_axis, match="batch axis")  # visible: an IndexError; hidden: a wrong number
+    rejects(checks.patch_resid, resid_post, match="one layer too late")
+    rejects(checks.patch_resid, layer_before, match="one layer too early")
+    rejects(checks.patch_resid, the_clean_run, match="clean run's metric")
+    rejects(checks.patch_resid, edits_a_copy, match="nothing changed")
+    rejects(checks.patch_resid, writes_into_clean, match="changed clean_cache")
+    rejects(checks.patch_resid, returns_logits, match="not the logits")
+    rejects(checks.patch_resid, stub, match="NotImplementedError")
+    if not variant:  # under the grader the kernel takes left-over hooks off after each call
+        rejects(checks.patch_resid, hook_left_on, match="a hook stayed on the model")
+        assert not checks._hooks_left(checks._model())  # the check took it off: later checks run on a clean model
 
 
 # --- exercise 2: the same patch in nnsight ----------------------------------------------
@@ -125,77 +161,122 @@ def test_patch_resid_nnsight(capsys, variant):
 
 
 # --- exercise 3: the patching loop ------------------------------------------------------
-def resid_patching_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
+def resid_patching_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch, skip=True,
+                        skipped_value=None, cell=None):
+    logits, cache = model.run_with_cache(corrupted_tokens, names_filter=lambda name: name.endswith("resid_pre"))
+    unpatched = metric(logits).item()
     results = torch.zeros(len(layers), len(positions))
     for i, layer in enumerate(layers):
-        name = get_act_name("resid_pre", layer)
         for j, pos in enumerate(positions):
-            hook = partial(patch_hook, pos=pos, clean_resid=clean_cache[name])
-            results[i, j] = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)]))
+            at_layer, at_pos = cell(i, j) if cell else (layer, pos)
+            if skip and torch.equal(clean_cache["resid_pre", layer][:, pos], cache["resid_pre", layer][:, pos]):
+                results[i, j] = unpatched if skipped_value is None else skipped_value
+            else:
+                results[i, j] = patch(model, corrupted_tokens, clean_cache, at_layer, at_pos, metric)
     return results
 
 
 def test_resid_patching_loop(capsys, variant):
-    accepts(checks.resid_patching_loop, resid_patching_loop, capsys, patch_resid_hook)
+    accepts(checks.resid_patching_loop, resid_patching_loop, capsys)
+    rejects(checks.resid_patching_loop, partial(resid_patching_loop, skip=False), match="cannot change anything")
+    rejects(checks.resid_patching_loop, partial(resid_patching_loop, skipped_value=0.0), match="not 0")
+    rejects(checks.resid_patching_loop, partial(resid_patching_loop, cell=lambda i, j: (i, j)), match="index")
 
-    def resid_post(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
-        results = torch.zeros(len(layers), len(positions))
-        for i, layer in enumerate(layers):
+    def by_index_throughout(model, corrupted_tokens, clean_cache, metric, layers, positions, patch):
+        rows = range(len(layers))
+        return resid_patching_loop(model, corrupted_tokens, clean_cache, metric, rows, range(len(positions)), patch)
+
+    rejects(checks.resid_patching_loop, by_index_throughout, match="index")
+
+    def skips_everything(model, corrupted_tokens, clean_cache, metric, layers, positions, patch):
+        unpatched = metric(model(corrupted_tokens)).item()
+        return torch.full((len(layers), len(positions)), unpatched)
+
+    def own_resid_post_patch(model, corrupted_tokens, clean_cache, metric, layers, positions, patch):
+        def post(model, corrupted_tokens, clean_cache, layer, pos, metric):
             name = get_act_name("resid_post", layer)
-            for j, pos in enumerate(positions):
-                hook = partial(patch_hook, pos=pos, clean_resid=clean_cache[name])
-                results[i, j] = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)]))
-        return results
+            hook = partial(lambda resid, hook, p: resid.index_copy_(1, torch.tensor([p]), clean_cache[name][:, [p]]), p=pos)
+            return metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])).item()
 
-    def leaking_hooks(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
-        results = torch.zeros(len(layers), len(positions))
-        for i, layer in enumerate(layers):
-            name = get_act_name("resid_pre", layer)
-            for j, pos in enumerate(positions):
-                model.add_hook(name, partial(patch_hook, pos=pos, clean_resid=clean_cache[name]))
-                results[i, j] = metric(model(corrupted_tokens))
+        return resid_patching_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, post)
+
+    def transposed(*args):
+        return resid_patching_loop(*args).T
+
+    rejects(checks.resid_patching_loop, skips_everything, match="skipped patches that change the run")
+    rejects(checks.resid_patching_loop, own_resid_post_patch, match="resid_post")
+    rejects(checks.resid_patching_loop, transposed, match=r"shape \(layer pos\)")
+
+    def own_value_error(*args):
+        raise ValueError("something else")
+
+    with pytest.raises(ValueError, match="something else"):  # only the check's own refusal becomes its sentence
+        checks.resid_patching_loop(own_value_error)
+
+
+# --- exercise 4: a head's pattern, then its values -----------------------------------------
+def patch_pattern_and_values(model, corrupted_tokens, clean_cache, layer, head, metric, kv_of=None,
+                             pattern_index=None, values_index=None, keep_hooks=False, order=(0, 1)):
+    group = model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads)
+    kv = kv_of(head, model) if kv_of else head // group
+    runs = [(get_act_name("pattern", layer), pattern_index or (slice(None), head)),
+            (get_act_name("v", layer), values_index or (slice(None), slice(None), kv))]
+    out = []
+    for name, where in runs:
+        def patch(act, hook, where=where):
+            act[where] = clean_cache[hook.name][where]
+            return act
+
+        if keep_hooks:
+            model.add_hook(name, patch)
+            out.append(metric(model(corrupted_tokens)).item())
+        else:
+            out.append(metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patch)])).item())
+    if keep_hooks:
         model.reset_hooks()
-        return results
-
-    def transposed(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
-        return resid_patching_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook).T
-
-    def metric_of_the_clean_run(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
-        return torch.ones(len(layers), len(positions)) * metric(model(clean_cache["resid_pre", 0], start_at_layer=0))
-
-    rejects(checks.resid_patching_loop, resid_post, patch_resid_hook, match="resid_post")
-    rejects(checks.resid_patching_loop, leaking_hooks, patch_resid_hook, match="accumulate")
-    rejects(checks.resid_patching_loop, transposed, patch_resid_hook, match=r"shape \(layer pos\)")
-    rejects(checks.resid_patching_loop, metric_of_the_clean_run, patch_resid_hook, match="differs from the reference")
+    return tuple(out[i] for i in order)
 
 
-# --- exercise 4: a pattern-patching hook ------------------------------------------------
-def patch_pattern_hook(pattern, hook, head, clean_pattern):
-    pattern[:, head] = clean_pattern[:, head]
-    return pattern
+def test_patch_pattern_and_values(capsys, variant):
+    accepts(checks.patch_pattern_and_values, patch_pattern_and_values, capsys)
+    wrong = partial(rejects, checks.patch_pattern_and_values)
+    wrong(partial(patch_pattern_and_values, order=(1, 0)), match="swapped")
+    wrong(partial(patch_pattern_and_values, pattern_index=(slice(None),)), match="every head's pattern")
+    wrong(partial(patch_pattern_and_values, values_index=(slice(None),)), match="every value head")
+    wrong(partial(patch_pattern_and_values, kv_of=lambda head, model: head), match="IndexError|wrong value head")
+    wrong(partial(patch_pattern_and_values, kv_of=lambda head, model: head % model.cfg.n_key_value_heads
+                  if model.cfg.n_key_value_heads else head), match="wrong value head")
+    wrong(partial(patch_pattern_and_values, keep_hooks=True), match="hook stayed on")
 
+    def query_axis(model, corrupted_tokens, clean_cache, layer, head, metric):
+        return patch_pattern_and_values(model, corrupted_tokens, clean_cache, layer, head, metric,
+                                        pattern_index=(slice(None), slice(None), head))
 
-def test_patch_pattern_hook(capsys, variant):
-    accepts(checks.patch_pattern_hook, patch_pattern_hook, capsys)
+    def output_for_values(model, corrupted_tokens, clean_cache, layer, head, metric):
+        pattern, _ = patch_pattern_and_values(model, corrupted_tokens, clean_cache, layer, head, metric)
+        name = get_act_name("z", layer)
+        hook = lambda z, hook: z.index_copy_(2, torch.tensor([head]), clean_cache[name][:, :, [head]])  # noqa: E731
+        return pattern, metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])).item()
 
-    def query_axis(pattern, hook, head, clean_pattern):
-        pattern[:, :, head] = clean_pattern[:, :, head]
-        return pattern
+    def no_patch(model, corrupted_tokens, clean_cache, layer, head, metric):
+        value = metric(model(corrupted_tokens)).item()
+        return value, value
 
-    def every_head(pattern, hook, head, clean_pattern):
-        return clean_pattern
+    def a_dict(*args):
+        pattern, values = patch_pattern_and_values(*args)
+        return {"pattern": pattern, "values": values}
 
-    def nothing(pattern, hook, head, clean_pattern):
-        return pattern
+    def hooks_left_on(model, corrupted_tokens, clean_cache, layer, head, metric):
+        out = patch_pattern_and_values(model, corrupted_tokens, clean_cache, layer, head, metric)
+        model.add_hook(get_act_name("v", layer), lambda v, hook: v)
+        return out
 
-    def last_axis(pattern, hook, head, clean_pattern):
-        pattern[..., head] = clean_pattern[..., head]
-        return pattern
-
-    rejects(checks.patch_pattern_hook, query_axis, match="query axis")
-    rejects(checks.patch_pattern_hook, every_head, match="every head")
-    rejects(checks.patch_pattern_hook, nothing, match="nothing changed")
-    rejects(checks.patch_pattern_hook, last_axis, match="differs from the reference")
+    wrong(query_axis, match="query axis")
+    wrong(output_for_values, match="pattern too.*hook_z")
+    wrong(no_patch, match="nothing changed")
+    wrong(a_dict, match=r"pair of numbers, \(pattern, values\)")
+    if not variant:
+        wrong(hooks_left_on, match="a hook stayed on the model")
 
 
 # --- exercise 5: necessary and sufficient -----------------------------------------------
@@ -375,10 +456,10 @@ def test_ablate_head(capsys, variant):
 # ---- hidden tests -------------------------------------------------------------------------------------------
 
 REFERENCE = {  # grade_id -> the reference implementation of each name the check receives
-    "patch_resid_hook": (patch_resid_hook,),
+    "patch_resid": (patch_resid,),
     "patch_resid_nnsight": (patch_resid_nnsight,),
-    "resid_patching_loop": (resid_patching_loop, patch_resid_hook),
-    "patch_pattern_hook": (patch_pattern_hook,),
+    "resid_patching_loop": (resid_patching_loop,),
+    "patch_pattern_and_values": (patch_pattern_and_values,),
     "necessary_and_sufficient": (necessary_and_sufficient,),
     "path_patch": (path_patch,),
     "attribution_patch_heads": (attribution_patch_heads,),
@@ -420,20 +501,30 @@ def test_the_hidden_models_differ_and_are_rebuilt_identically():
     assert (clean != corrupted).any(0).nonzero().flatten().tolist() == [1, 3]
 
 
-def test_the_second_function_of_the_loop_is_the_students_own(wire, capsys):
+def test_the_loop_is_graded_with_the_checks_own_patch(wire, capsys):
+    """The loop gets the check's patch, which refuses patches that cannot change anything: a wrong exercise 1
+    does not cost exercise 3, and a loop that does not skip them fails in the kernel as in the notebook."""
     given = []
 
-    def loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
-        given.append(patch_hook)
-        return resid_patching_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook)
+    def loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch):
+        given.append(patch)
+        return resid_patching_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch)
 
-    def every_position(resid, hook, pos, clean_resid):
-        return clean_resid.clone()
+    wire("resid_patching_loop", loop)
+    assert given == [checks._patch_resid_once] and "✓ resid_patching_loop" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match="cannot change anything"):
+        wire("resid_patching_loop", partial(resid_patching_loop, skip=False))
+    with pytest.raises(CheckFailed, match="not 0"):
+        wire("resid_patching_loop", partial(resid_patching_loop, skipped_value=0.0))
 
-    wire("resid_patching_loop", loop, alternatives.patch_resid_hook__in_place_returns_none)
-    assert given == [alternatives.patch_resid_hook__in_place_returns_none]
-    with pytest.raises(CheckFailed, match="differs from the reference"):  # a wrong hook makes the loop wrong
-        wire("resid_patching_loop", resid_patching_loop, every_position)
+
+def test_a_hook_left_on_the_model_does_not_reach_later_checks(capsys):
+    def leaves_a_hook(model, corrupted_tokens, clean_cache, layer, pos, metric):
+        return patch_resid(model, corrupted_tokens, clean_cache, layer, pos, metric, keep_hook=True)
+
+    with pytest.raises(CheckFailed, match="a hook stayed on the model"):
+        checks.patch_resid(leaves_a_hook)
+    accepts(checks.patch_resid, patch_resid, capsys)  # the same cached model, without the hook
 
 
 def test_attribution_patching_runs_in_a_kernel_without_gradients(wire, capsys):
@@ -456,23 +547,30 @@ def test_attribution_patching_runs_in_a_kernel_without_gradients(wire, capsys):
 
 
 def test_an_in_place_hook_that_returns_none_is_graded_through_the_wire(wire, capsys):
-    wire("patch_resid_hook", alternatives.patch_resid_hook__in_place_returns_none)
+    wire("patch_resid", alternatives.patch_resid__in_place_hook_returns_none)
+    wire("patch_pattern_and_values", alternatives.patch_pattern_and_values__in_place_hooks_return_none)
     wire("ablate_head", alternatives.ablate_head__in_place_returns_none)
-    assert capsys.readouterr().out.count("✓") == 2
+    assert capsys.readouterr().out.count("✓") == 3
 
-    def writes_into_clean(resid, hook, pos, clean_resid):
-        clean_resid[:, pos] = resid[:, pos]
+    def writes_nothing(model, corrupted_tokens, clean_cache, layer, head, metric):
+        def copy(act, hook):  # returns None and changes nothing: the run is the corrupted one
+            act.clone()[:, head] = clean_cache[hook.name][:, head]
 
-    with pytest.raises(CheckFailed, match="changed clean_resid"):
-        wire("patch_resid_hook", writes_into_clean)
+        return tuple(metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(get_act_name(kind, layer), copy)])).item()
+                     for kind in ("pattern", "v"))
+
     with pytest.raises(CheckFailed, match="nothing changed"):
-        wire("patch_pattern_hook", lambda pattern, hook, head, clean_pattern: None)
+        wire("patch_pattern_and_values", writes_nothing)
 
 
 def test_calling_the_reference_scores_zero(wire):
     cases = {
-        "patch_resid_hook": lambda resid, hook, pos, clean: ref.copy_index(resid, hook, (pos,), clean),
-        "patch_pattern_hook": lambda pattern, hook, head, clean: ref.copy_index(pattern, hook, (head,), clean),
+        "patch_resid": lambda model, corrupted, clean_cache, layer, pos, metric: metric(model.run_with_hooks(
+            corrupted, fwd_hooks=[(get_act_name("resid_pre", layer), partial(ref.copy_index, index=(pos,),
+                                                                               source=clean_cache["resid_pre", layer]))])).item(),
+        "patch_pattern_and_values": lambda model, corrupted, clean_cache, layer, head, metric: tuple(ref.run_patches(
+            model, model.run_with_cache(corrupted)[1], clean_cache, metric,
+            [(get_act_name("pattern", layer), (head,))] * 2, progress=False).tolist()),
         "necessary_and_sufficient": ref.necessary_and_sufficient,
         "path_patch": lambda *args: ref.path_patch(*args).item(),
         "attribution_patch_heads": lambda model, clean, corrupted, metric: ref.attribution_patch(model, clean, corrupted, metric),
@@ -483,13 +581,13 @@ def test_calling_the_reference_scores_zero(wire):
         with pytest.raises(CheckFailed, match=r"calls the reference `mikit\.(patching|core\.hooks)\."):
             wire(gid, cheat)
 
-    def engine_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
+    def engine_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch):
         _, target_cache = model.run_with_cache(corrupted_tokens)
         patches = [(get_act_name("resid_pre", layer), (pos,)) for layer in layers for pos in positions]
         return ref.run_patches(model, target_cache, clean_cache, metric, patches, progress=False).view(len(layers), -1)
 
     with pytest.raises(CheckFailed, match=r"calls the reference `mikit\.patching\.run_patches`"):
-        wire("resid_patching_loop", engine_loop, patch_resid_hook)
+        wire("resid_patching_loop", engine_loop)
 
 
 @pytest.mark.parametrize("gid", list(REFERENCE))

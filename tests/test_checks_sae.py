@@ -74,7 +74,7 @@ def test_relu_sae_loss(variant):
     fails(check.relu_sae_loss, lambda x, f, xh, W, c: "0.5", match="single number")
 
 
-# ---- exercise 3: TopK -------------------------------------------------------------------------------
+# ---- exercise 3: the TopK SAE forward pass ------------------------------------------------------------------
 
 
 def topk(pre, k):
@@ -82,15 +82,30 @@ def topk(pre, k):
     return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
 
 
-def test_topk_activation(variant):
-    check.topk_activation(topk)
+def topk_forward(x, W_enc, b_enc, W_dec, b_dec, k):
+    latents = topk((x - b_dec) @ W_enc + b_enc, k)
+    return latents, latents @ W_dec + b_dec
+
+
+def with_activation(activation):
+    """A forward pass built on `activation(pre, k)`, centred and decoded as it should be."""
+    def forward(x, W_enc, b_enc, W_dec, b_dec, k):
+        latents = activation((x - b_dec) @ W_enc + b_enc, k)
+        return latents, latents @ W_dec + b_dec
+    return forward
+
+
+def test_topk_sae_forward(variant):
+    check.topk_sae_forward(topk_forward)
     # ReLU first, then top-k, keeps the same values: also correct.
-    check.topk_activation(lambda pre, k: torch.zeros_like(pre).scatter(-1, pre.relu().topk(k).indices, pre.relu().topk(k).values))
-    fails(check.topk_activation, lambda pre, k: torch.zeros_like(pre).scatter(-1, pre.topk(k).indices, pre.topk(k).values),
+    check.topk_sae_forward(with_activation(lambda pre, k: torch.zeros_like(pre).scatter(-1, pre.relu().topk(k).indices,
+                                                                                      pre.relu().topk(k).values)))
+    fails(check.topk_sae_forward, with_activation(lambda pre, k: torch.zeros_like(pre).scatter(-1, pre.topk(k).indices, pre.topk(k).values)),
           match="negative values survive")
-    fails(check.topk_activation, lambda pre, k: torch.zeros_like(pre).scatter(-1, pre.topk(k).indices, 1.0), match="0/1 mask")
-    fails(check.topk_activation,
-          lambda pre, k: torch.zeros_like(pre).scatter(-1, pre.topk(k, largest=False).indices, pre.topk(k, largest=False).values.relu()),
+    fails(check.topk_sae_forward, with_activation(lambda pre, k: torch.zeros_like(pre).scatter(-1, pre.topk(k).indices, 1.0)),
+          match="0/1 mask")
+    fails(check.topk_sae_forward, with_activation(
+        lambda pre, k: torch.zeros_like(pre).scatter(-1, pre.topk(k, largest=False).indices, pre.topk(k, largest=False).values.relu())),
           match="k smallest")
 
     def batch_topk(pre, k):
@@ -100,7 +115,27 @@ def test_topk_activation(variant):
         out[chosen] = flat[chosen].relu()
         return out.view(pre.shape)
 
-    fails(check.topk_activation, batch_topk, match="BatchTopK")
+    fails(check.topk_sae_forward, with_activation(batch_topk), match="BatchTopK")
+    fails(check.topk_sae_forward, with_activation(lambda pre, k: pre.relu()), match="every positive pre-activation")
+
+    def uncentred(x, W_enc, b_enc, W_dec, b_dec, k):
+        latents = topk(x @ W_enc + b_enc, k)
+        return latents, latents @ W_dec + b_dec
+
+    fails(check.topk_sae_forward, uncentred, match="did not subtract b_dec")
+    fails(check.topk_sae_forward, lambda x, We, be, Wd, bd, k: (topk_forward(x, We, be, Wd, bd, k)[0], topk_forward(x, We, be, Wd, bd, k)[0] @ Wd),
+          match="missing the decoder bias")
+
+    def decodes_all(x, W_enc, b_enc, W_dec, b_dec, k):
+        pre = (x - b_dec) @ W_enc + b_enc
+        return topk(pre, k), pre.relu() @ W_dec + b_dec
+
+    fails(check.topk_sae_forward, decodes_all, match="decode only the k you kept")
+    fails(check.topk_sae_forward, lambda x, We, be, Wd, bd, k: (topk_forward(x, We, be, Wd, bd, k)[0], topk_forward(x, We, be, Wd, bd, k)[0] @ We.T + bd),
+          match="not the encoder's columns")
+    fails(check.topk_sae_forward, lambda x, We, be, Wd, bd, k: topk_forward(x, We, be, Wd, bd, k)[0], match="tuple")
+    fails(check.topk_sae_forward, lambda x, We, be, Wd, bd, k: tuple(t.flatten(0, 1) for t in topk_forward(x, We, be, Wd, bd, k)),
+          match="shape")
 
 
 # ---- exercise 4: AuxK -------------------------------------------------------------------------------
@@ -257,49 +292,80 @@ def test_max_activating_examples(variant):
     fails(check.max_activating_examples, lambda a, k: a.flatten().topk(k), match="list of \\(row, position, value\\)")
 
 
-# ---- exercise 9: steering hook ------------------------------------------------------------------------------
+# ---- exercise 9: clamping a latent -------------------------------------------------------------------------
 
 
-def steer(activation, hook, direction, value):
-    return activation + value * direction
+def clamp(activation, hook, sae, latent, value):
+    current = sae.encode(activation)[..., latent]
+    return activation + (value - current)[..., None] * sae.W_dec[latent]
 
 
-def test_steering_hook(variant):
-    check.steering_hook(steer)
+def with_latent(fn):
+    """A hook built on a wrong reading of the latent, f = fn(sae, activation) of shape (batch, pos)."""
+    return lambda a, h, s, l, v: a + (v - fn(s, a)[..., l])[..., None] * s.W_dec[l]
 
-    def in_place(activation, hook, direction, value):
-        activation += value * direction
+
+def test_clamp_case_separates_the_mistakes(variant):
+    sae, latent, resid = check._clamp_case()
+    with torch.no_grad():
+        fired = sae.encode(resid)[..., latent] > 0
+        positive = sae.pre_activations(resid)[..., latent] > 0
+    assert fired.any() and not fired[:, -1].any()  # the latent fires somewhere, never at the last position
+    assert (positive & ~fired).any()  # a positive pre-activation outside the top k
+    assert not torch.isclose(sae.W_dec[latent].norm(), torch.tensor(1.0), atol=0.2)
+    assert (sae.b_dec.abs() > 0.1).any()
+
+
+def test_clamp_latent_hook(variant):
+    check.clamp_latent_hook(clamp)
+
+    def in_place(activation, hook, sae, latent, value):
+        activation += (value - sae.encode(activation)[..., latent])[..., None] * sae.W_dec[latent]
         return activation
 
-    check.steering_hook(in_place)
-    fails(check.steering_hook, lambda a, h, d, v: a + v * d / d.norm(), match="normalised the direction")
+    check.clamp_latent_hook(in_place)
+    fails(check.clamp_latent_hook, lambda a, h, s, l, v: a + v * s.W_dec[l], match="without subtracting what the latent already reads")
+    fails(check.clamp_latent_hook, lambda a, h, s, l, v: a + (v - s.encode(a)[..., l])[..., None] * s.W_dec[l] / s.W_dec[l].norm(),
+          match="normalised the direction")
+    fails(check.clamp_latent_hook, lambda a, h, s, l, v: 2 * a - clamp(a, h, s, l, v), match="wrong sign")
+    fails(check.clamp_latent_hook, lambda a, h, s, l, v: s.decode(s.encode(a).index_fill(-1, torch.tensor([l]), v)),
+          match="loses the SAE's error")
+    fails(check.clamp_latent_hook, with_latent(lambda s, a: s.pre_activations(a).relu()), match="ignores the TopK")
+    fails(check.clamp_latent_hook, with_latent(lambda s, a: s.activation(a @ s.W_enc + s.b_enc)), match="pre-processing")
+    fails(check.clamp_latent_hook, with_latent(lambda s, a: (a @ s.W_enc + s.b_enc).relu()), match="pre-processing")
 
-    def last_only(activation, hook, direction, value):
-        activation[:, -1] += value * direction
+    def where_fired(activation, hook, sae, latent, value):
+        current = sae.encode(activation)[..., latent]
+        return activation + ((value - current) * (current > 0))[..., None] * sae.W_dec[latent]
+
+    fails(check.clamp_latent_hook, where_fired, match="only where the latent already fired")
+
+    def last_only(activation, hook, sae, latent, value):
+        activation[:, -1:] = clamp(activation[:, -1:], hook, sae, latent, value)
         return activation
 
-    fails(check.steering_hook, last_only, match="only the last position")
-    fails(check.steering_hook, lambda a, h, d, v: (v * d).expand_as(a), match="replaced the residual stream")
-    fails(check.steering_hook, lambda a, h, d, v: a * (1 + v), match="scaled the stream")
+    fails(check.clamp_latent_hook, last_only, match="only the last position")
 
-    def first_only(activation, hook, direction, value):
-        activation[:, 0] += value * direction
+    def first_only(activation, hook, sae, latent, value):
+        activation[:, :1] = clamp(activation[:, :1], hook, sae, latent, value)
 
-    fails(check.steering_hook, first_only, match="only position 0")  # in place, returning None
-    fails(check.steering_hook, lambda a, h, d, v: None, match="returned None and left the activation unchanged")
-
-
-def test_steering_hook_accepts_an_in_place_hook_that_returns_none(variant, capsys):
-    check.steering_hook(alternatives.steering_hook__in_place_no_return)
-    assert "✓ steering_hook" in capsys.readouterr().out
+    fails(check.clamp_latent_hook, first_only, match="only position 0")  # in place, returning None
+    fails(check.clamp_latent_hook, lambda a, h, s, l, v: None, match="returned None and left the activation unchanged")
+    fails(check.clamp_latent_hook, lambda a, h, s, l, v: a, match="returns the activation unchanged")
+    fails(check.clamp_latent_hook, lambda a, h, s, l, v: clamp(a, h, s, l, v)[:, :-1], match="shape")
 
 
-def test_steering_hook_receives_a_hook_point():
-    def needs_a_name(activation, hook, direction, value):
+def test_clamp_latent_hook_accepts_an_in_place_hook_that_returns_none(variant, capsys):
+    check.clamp_latent_hook(alternatives.clamp_latent_hook__in_place_no_return)
+    assert "✓ clamp_latent_hook" in capsys.readouterr().out
+
+
+def test_clamp_latent_hook_receives_a_hook_point():
+    def needs_a_name(activation, hook, sae, latent, value):
         assert hook.name.endswith("hook_resid_pre")
-        return activation + value * direction
+        return clamp(activation, hook, sae, latent, value)
 
-    check.steering_hook(needs_a_name)
+    check.clamp_latent_hook(needs_a_name)
 
 
 # ---- hidden tests -------------------------------------------------------------------------------------------
@@ -307,13 +373,13 @@ def test_steering_hook_receives_a_hook_point():
 REFERENCE = {  # grade_id -> the reference implementation of each name the check receives
     "relu_sae_forward": (forward,),
     "relu_sae_loss": (loss,),
-    "topk_activation": (topk,),
+    "topk_sae_forward": (topk_forward,),
     "auxk_loss": (auxk,),
     "decoder_constraint": (normalize, remove_parallel),
     "metrics": (count_l0, unexplained, ce_recovered),
     "dead_latents": (dead,),
     "max_activating_examples": (examples,),
-    "steering_hook": (steer,),
+    "clamp_latent_hook": (clamp,),
 }
 
 
@@ -347,22 +413,32 @@ def test_auxk_gradients_cross_the_wire(wire):
         wire("auxk_loss", lambda x, x_hat, pre, dead, W_dec, k: auxk(x, x_hat, pre, dead, W_dec.detach(), k) + 0 * W_dec.sum())
 
 
-def test_an_in_place_steering_hook_is_graded_through_the_wire(wire):
-    wire("steering_hook", alternatives.steering_hook__in_place_no_return)
+def test_an_in_place_clamp_hook_is_graded_through_the_wire(wire):
+    wire("clamp_latent_hook", alternatives.clamp_latent_hook__in_place_no_return)
+    wire("clamp_latent_hook", alternatives.clamp_latent_hook__in_place_no_return, kernel_grad=False)
     with pytest.raises(CheckFailed, match="returned None and left the activation unchanged"):
-        wire("steering_hook", lambda activation, hook, direction, value: None)
+        wire("clamp_latent_hook", lambda activation, hook, sae, latent, value: None)
+
+
+def test_the_clamp_sae_is_rebuilt_identically():
+    with hidden.active(), hidden_variant(2):
+        sae, latent, x = check._clamp_case()
+        hidden.reset()
+        again, latent_again, x_again = check._clamp_case()
+    hidden.reset()
+    assert again is not sae and latent == latent_again and torch.equal(x, x_again) and sae.d_sae == check.D_SAE + 12
+    for name, weight in sae.state_dict().items():
+        assert torch.equal(weight, again.state_dict()[name]), name
 
 
 def test_calling_the_reference_scores_zero(wire):
     with pytest.raises(CheckFailed, match="calls the reference `mikit.sae.metrics.l0`"):
         wire("metrics", lambda latents: metrics.l0(latents), unexplained, ce_recovered)  # noqa: PLW0108
     with pytest.raises(CheckFailed, match="calls the reference `mikit.sae.architectures.TopKSAE.activation`"):
-        wire("topk_activation", lambda pre, k: TopKSAE(4, pre.shape[-1], k=k).activation(pre))
-    with pytest.raises(CheckFailed, match="calls the reference `mikit.sae.steering.steering_hook`"):
-        from mikit.sae.steering import steering_hook as reference_hook
-
-        wire("steering_hook", lambda a, h, d, v: reference_hook(d, v)(a, h))
+        wire("topk_sae_forward", lambda x, We, be, Wd, bd, k: (
+            TopKSAE(4, We.shape[1], k=k).activation((x - bd) @ We + be), topk_forward(x, We, be, Wd, bd, k)[1]))
     wire("dead_latents", lambda sae, x, b: metrics.fire_counts(sae.encode(x)) == 0)  # helpers the text allows
+    wire("clamp_latent_hook", clamp)  # sae.encode is what the text asks for
 
 
 def test_the_dead_latents_sae_is_rebuilt_identically():

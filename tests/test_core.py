@@ -17,6 +17,7 @@ LAYERS = {
     "core": ["mikit.core", "mikit.paths"],
     "sources": ["mikit.storage", "mikit.models", "mikit.zoo", "mikit.datasets", "mikit.session"],
     "techniques": ["mikit.induction", "mikit.ioi", "mikit.patching", "mikit.sae", "mikit.xattn"],
+    "views": ["mikit.viz"],
 }
 
 
@@ -168,6 +169,50 @@ def test_the_layer_walk_reports_a_source_importing_a_technique(tmp_path):
     (zoo / "__main__.py").write_text("import mikit.induction\n")  # command lines sit on top: allowed
     assert _layer_offences(tmp_path / "mikit") == ["mikit.zoo.recipes imports mikit.induction",
                                                    "mikit.zoo.recipes imports mikit.induction.top_heads"]
+
+
+def test_the_layer_walk_reports_a_technique_importing_the_views(tmp_path):
+    sae = tmp_path / "mikit" / "sae"
+    sae.mkdir(parents=True)
+    (sae / "latents.py").write_text("from mikit import viz\n")
+    (tmp_path / "mikit" / "viz").mkdir()
+    (tmp_path / "mikit" / "viz" / "sae.py").write_text("from mikit.sae.latents import LatentIndex\n")  # views sit above
+    assert _layer_offences(tmp_path / "mikit") == ["mikit.sae.latents imports mikit.viz"]
+
+
+# ---- shared options -------------------------------------------------------------------------------
+
+
+def _progress_offences(package: Path) -> list[str]:
+    """Functions whose `progress` option is positional or has a default other than True."""
+    offences = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            where = f"{_module_name(path, package)}.{node.name}"
+            args = node.args
+            if any(arg.arg == "progress" for arg in args.posonlyargs + args.args):
+                offences.append(f"{where}: progress is positional")
+            for arg, default in zip(args.kwonlyargs, args.kw_defaults):
+                if arg.arg == "progress" and default is not None and not (
+                        isinstance(default, ast.Constant) and default.value is True):
+                    offences.append(f"{where}: progress defaults to {ast.unparse(default)}")
+    return offences
+
+
+def test_progress_is_keyword_only_and_on_by_default():
+    offences = _progress_offences(PACKAGE)
+    assert not offences, "\n".join(offences)
+
+
+def test_the_progress_walk_reports_a_positional_or_silent_default(tmp_path):
+    (tmp_path / "mikit").mkdir()
+    (tmp_path / "mikit" / "m.py").write_text(
+        "def a(x, progress=True): ...\ndef b(x, *, progress=False): ...\ndef c(x, *, progress=True): ...\n"
+        "def _d(x, *, progress): ...\n")
+    assert _progress_offences(tmp_path / "mikit") == ["mikit.m.a: progress is positional",
+                                                      "mikit.m.b: progress defaults to False"]
 
 
 # ---- one shape vocabulary -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 import mikit
 from mikit.sae import load
 from mikit.sae import __main__ as cli
-from mikit.sae.dashboard import LatentIndex
+from mikit.sae.latents import LatentIndex
 from mikit.sae.evaluation import evaluate
 from mikit.sae.recipes import RECIPES, SAE_DIR, SAERecipe, recipe_activations, recipe_rows, train_recipe
 

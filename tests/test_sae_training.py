@@ -38,7 +38,7 @@ def test_buffer_serves_every_non_bos_token_once_per_epoch(model, rows):
 def test_collect_returns_one_epoch_in_row_order_and_cached_batches_reshuffle(model, rows):
     buffer = ActivationBuffer(model, HOOK, rows, rows_per_refill=24)
     _, cache = model.run_with_cache(rows, names_filter=HOOK)
-    collected = buffer.collect()
+    collected = buffer.collect(progress=False)
     torch.testing.assert_close(collected, cache[HOOK][:, 1:].flatten(0, 1), atol=1e-5, rtol=0)
     cached = CachedActivations(collected, batch_size=128, seed=0)
     first, second = torch.cat(list(cached)), torch.cat(list(cached))

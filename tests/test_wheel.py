@@ -37,7 +37,7 @@ def test_installed_wheel_works_outside_the_repository(built_wheel, tmp_path):
         import mikit
         from mikit import load_model, paths
         from mikit.sae import load
-        from mikit.sae.dashboard import LatentIndex
+        from mikit.sae.latents import LatentIndex
         from mikit.xattn.captioner_recipe import load_captioner
         from mikit.xattn.recipes import load_t2i
         from mikit.zoo import ZOO_MODELS

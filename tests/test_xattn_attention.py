@@ -32,6 +32,18 @@ def test_store_keeps_the_conditional_half_of_every_step_and_layer(model):
         CrossAttentionStore(model, layers=[2])
 
 
+def test_store_keeps_copies_that_later_in_place_edits_do_not_reach(model):
+    data = SceneData.generate(2, seed=1)
+
+    def overwrite(pattern, hook):  # a hook after the store's, editing the pattern in place (as a reweighting may)
+        pattern.zero_()
+
+    with CrossAttentionStore(model, n_prompts=2) as store, model.hooks(
+            fwd_hooks=[(f"blocks.{layer}.cross_attn.hook_pattern", overwrite) for layer in range(2)]):
+        sample(model, data.captions, steps=2, guidance=2.0)
+    torch.testing.assert_close(store.stacked().sum(-1), torch.ones(2, 2, 2, 2, 64))
+
+
 def test_word_heatmap_averages_upsamples_and_normalises():
     maps = torch.zeros(2, 1, 1, 2, 64, 5)  # step, layer, prompt, head, patch, word
     maps[0, 0, 0, 0, 0, 3] = 1.0  # top-left patch, one head, one step

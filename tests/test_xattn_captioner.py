@@ -10,7 +10,8 @@ from torch import nn
 
 from mikit.xattn import __main__ as cli
 from mikit.xattn.captioner import (END, TinyCaptioner, TinyCaptionerConfig, attention_gap, generated_word_shares,
-                                   greedy_caption, image_attention_share, label_words, prefix_lm_mask)
+                                   greedy_caption, image_attention_share, label_words, prefix_lm_mask,
+                                   word_image_shares)
 from mikit.xattn.captioner_recipe import (RECIPE, caption_data, caption_quality, load_captioner, next_word_targets,
                                           train_captioner, train_recipe)
 from mikit.xattn.scenes import VOCAB, SceneObject, tokenize
@@ -60,6 +61,23 @@ def test_image_attention_share_sums_the_image_keys():
     torch.testing.assert_close(image_attention_share(pattern, n_image=2), torch.tensor([[[0.75, 0.3]]]))
     with pytest.raises(ValueError, match="n_image"):
         image_attention_share(pattern, n_image=5)
+
+
+def test_word_image_shares_reads_the_query_before_each_word_and_averages_heads():
+    # 2 image tokens, then <bos>, w0, w1: word p was chosen at query 2 + p. Two layers, two captions, two heads.
+    n_image, n = 2, 5
+    patterns = torch.zeros(2, 2, 2, n, n)
+    patterns[..., 2:] = 1.0  # all attention on the text unless set below
+    patterns[1, 0, 0, 2] = torch.tensor([0.3, 0.3, 0.4, 0.0, 0.0])  # layer 1, caption 0, head 0, <bos>: 0.6 on the image
+    patterns[1, 0, 1, 2] = torch.tensor([0.1, 0.1, 0.8, 0.0, 0.0])  # head 1: 0.2 on the image
+    patterns[0, 1, :, 3] = torch.tensor([0.5, 0.0, 0.25, 0.25, 0.0])  # layer 0, caption 1, query of w0: 0.5
+    shares = word_image_shares(patterns, n_image, torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
+    assert shares.shape == (3, 2)  # (word, layer)
+    torch.testing.assert_close(shares, torch.tensor([[0.0, 0.4], [0.5, 0.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        word_image_shares(patterns, n_image, torch.tensor([0]), torch.tensor([2]))  # w2 is not in the sequence
+    with pytest.raises(ValueError, match="one entry per word"):
+        word_image_shares(patterns, n_image, torch.tensor([0, 1]), torch.tensor([0]))
 
 
 class Scripted(nn.Module):

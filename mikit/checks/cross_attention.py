@@ -3,11 +3,12 @@
 Each check runs the student's function on small inputs built here (a tiny random TinyT2I, random
 attention maps with a known structure, one cross-attention layer of a tiny random UNet) and compares it
 with `mikit.xattn`; each takes well under a second. Under the grader (`hidden_variant`) the seeds, the
-shapes and the indices change, and the UNet layer travels as its recipe (`unet_attn2`).
+shapes and the indices change, and the models travel as their recipes (`recording_model`, `unet_attn2`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -26,7 +27,7 @@ from mikit.xattn import diffusers_attention as xattn_diffusers
 from mikit.xattn.attention import iou, upsample, word_heatmap
 from mikit.xattn.binding import reweight_pattern, token_strength
 from mikit.xattn.model import TinyT2I, TinyT2IConfig
-from mikit.xattn.training import SceneData
+from mikit.xattn.training import SceneData, sample
 
 
 def _seed(seed: int) -> int:
@@ -78,21 +79,100 @@ def cross_attention_probs(fn: Callable) -> None:
     passed(name, "rows sum to 1 over the caption's words and padding gets 0")
 
 
-def word_grid(fn: Callable) -> None:
-    """Exercise 2: one caption word's attention maps as 8 × 8 image grids."""
+@recipe
+def recording_model(seed: int, n_layers: int) -> TinyT2I:
+    """A tiny random TinyT2I that overwrites each cross-attention pattern in place once its layer has used it.
+
+    The overwrite (zeros, at the layer's `hook_z`, after every hook on `hook_pattern` has run) leaves the model's
+    output unchanged but reaches every map a recorder kept as a view instead of a copy, as a later in-place hook would.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        # 16 × 16 patches (4 image tokens, not 64): a recorder does not depend on the grid, the check runs faster,
+        # and self-attention maps (4 keys) cannot pass for cross-attention ones (16 words)
+        model = TinyT2I(TinyT2IConfig(d_model=16, n_heads=2, n_layers=n_layers, patch=16, d_mlp=32)).eval()
+    with torch.no_grad():  # off the adaLN-Zero init, so that the maps change from step to step
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + 1)) * 0.3)
+    used: dict[int, Tensor] = {}
+
+    def note(pattern: Tensor, hook, layer: int) -> None:
+        used[layer] = pattern
+
+    def overwrite(z: Tensor, hook, layer: int) -> None:
+        with torch.no_grad():
+            used.pop(layer).zero_()
+
+    for layer in range(n_layers):
+        model.add_hook(f"blocks.{layer}.cross_attn.hook_pattern", functools.partial(note, layer=layer), is_permanent=True)
+        model.add_hook(f"blocks.{layer}.cross_attn.hook_z", functools.partial(overwrite, layer=layer), is_permanent=True)
+    return model
+
+
+def _store_run(model: TinyT2I, captions: Tensor, steps: int, guidance: float, seed: int) -> tuple[Tensor, Tensor]:
+    """The images and every row of every recorded map (step, layer, batch row, head, patch, word), by the kit's store."""
+    with torch.no_grad(), xattn_attention.CrossAttentionStore(model) as store:
+        images = sample(model, captions, steps=steps, guidance=guidance, seed=seed)
+    return images, store.stacked()
+
+
+def _recorded(result, name: str) -> tuple[Tensor, Tensor]:
+    """The (images, maps) pair a recorder returned."""
     __tracebackhide__ = True
-    name = "word_grid"
-    maps = _hidden_maps(3)
-    # the third caption word is token 3 (<bos> is token 0); under the grader another word
-    word_index = 2 if not hidden() else int(torch.randint(0, maps.shape[-1] - 2, (1,), generator=seeded(30)))
-    want = maps[..., word_index + 1].reshape(*maps.shape[:4], 8, 8)
-    got = expect_tensor(call_student(fn, name, maps, word_index), name, want.shape, "step layer prompt head row column")
-    reject_known_mistakes(got, [
-        (maps[..., word_index].reshape(want.shape), "that is the previous token: caption word i is token i + 1, after <bos>"),
-        (want.transpose(-1, -2), "your grid is transposed: patches run row by row (patch = 8 · row + column)"),
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise CheckFailed(f"`{name}` should return two things, (images, maps), but returned a {type(result).__name__}"
+                          + (f" of {len(result)}" if isinstance(result, (tuple, list)) else "") + ".")
+    return result[0], result[1]
+
+
+def record_cross_attention(fn: Callable) -> None:
+    """Exercise 2: record every layer's cross-attention at every sampling step, conditional rows only."""
+    __tracebackhide__ = True
+    name = "record_cross_attention"
+    steps, n_layers, n_prompts = size(3), size(2), size(3)
+    model = recording_model(_seed(20), n_layers)
+    captions = SceneData.generate(n_prompts, seed=_seed(21)).captions
+    guidance, seed = 2.5, 0
+    if hidden():
+        guidance, seed = round(1.5 + 3 * float(torch.rand(1, generator=seeded(22))), 3), _seed(23)
+    images_want, every_row = _store_run(model, captions, steps, guidance, seed)
+    want = every_row[:, :, :n_prompts]
+    dims = "step layer prompt head image_patch word"
+    images, maps = _recorded(call_student(fn, name, model, captions, steps, guidance, seed), name)
+    if isinstance(maps, Tensor) and maps.ndim == 6:
+        if maps.shape[-1] == model.cfg.n_patches and maps.shape[-1] != want.shape[-1]:
+            raise CheckFailed("those are the self-attention maps (image patch → image patch): hook "
+                              "blocks.{layer}.cross_attn.hook_pattern, whose keys are the caption's words")
+        if tuple(maps.shape) == tuple(every_row.shape):
+            raise CheckFailed(f"you kept all {2 * n_prompts} rows of each call: under classifier-free guidance the "
+                              f"sampler runs [conditional; unconditional], and only the first n_prompts = {n_prompts} "
+                              "(the captions' rows) attend to the words")
+        if maps.shape[:2] == (n_layers, steps) and maps.shape[2:] == want.shape[2:] and steps != n_layers:
+            raise CheckFailed("your first two axes are (layer, step): stack the steps first, (step, layer, prompt, "
+                              "head, patch, word)")
+    maps = expect_tensor(maps, name, want.shape, dims)
+    images = expect_tensor(images, name + " (images)", images_want.shape, "prompt 3 32 32")
+    reject_known_mistakes(maps, [
+        (every_row[:, :, n_prompts:], "those are the unconditional rows: our sampler batches [conditional; "
+                                      "unconditional], so the prompts' maps are the first n_prompts rows"),
+        (torch.zeros_like(want), "your maps changed after your hook returned: the check's model overwrites each pattern "
+                                 "in place once its layer has used it, as a later hook may. Keep a copy (clone()), "
+                                 "not a slice, which is a view of the pattern"),
     ], want)
-    expect_close(got, want, name, hint="maps[..., word_index + 1] reshaped to (..., 8, 8)")
-    passed(name)
+    if not torch.allclose(images, images_want, atol=1e-5):
+        raise CheckFailed("your hooks changed what the model draws: a recording hook only copies the pattern and "
+                          "returns None (or the pattern unchanged)")
+    expect_close(maps, want, name, atol=1e-6, hint="one map per model call and layer, the first n_prompts rows, "
+                                                  "stacked as (step, layer, ...)")
+    # Without guidance (scale 1) the sampler runs the conditional rows alone: nothing to drop.
+    _, want = _store_run(model, captions, 2, 1.0, seed)
+    _, maps = _recorded(call_student(fn, name, model, captions, 2, 1.0, seed), name)
+    if isinstance(maps, Tensor) and maps.ndim == 6 and maps.shape[2] == n_prompts // 2 != n_prompts:
+        raise CheckFailed("with guidance 1 the sampler runs only the conditional rows, so half of each batch is half "
+                          "the prompts: take n_prompts from the captions, not from the pattern's size")
+    maps = expect_tensor(maps, name, want.shape, dims)
+    expect_close(maps, want, name, atol=1e-6, hint="with guidance 1 every row of each call is a prompt's")
+    passed(name, "the same maps as mikit's CrossAttentionStore, one per step and layer")
 
 
 def daam_heatmap(fn: Callable) -> None:
@@ -306,38 +386,76 @@ def attn2_probs(fn: Callable) -> None:
     passed(name, "the same probabilities the kit's StoreCrossAttention processor records")
 
 
-def image_attention_share(fn: Callable) -> None:
-    """Exercise 7: the attention mass each query puts on the image tokens (the first n_image keys)."""
+def _word_share_inputs() -> tuple[Tensor, int, Tensor, Tensor]:
+    """Captioner-like patterns (layer, caption, head, query, key) under the prefix-LM mask, and judged words."""
+    n_layers, batch, heads, n_image, n_text = size(3), size(4), size(2), size(6), size(7)
+    n = n_image + n_text
+    scores = torch.randn(n_layers, batch, heads, n, n, generator=seeded(8)) * 2
+    scores[..., :n_image] += torch.randn(n_layers, batch, heads, n, 1, generator=seeded(9))  # heads differ in image share
+    patterns = scores.masked_fill(~xattn_captioner.prefix_lm_mask(n_image, n_text), float("-inf")).softmax(-1)
+    if not hidden():  # words of captions 0, 2 and 3, in caption order and not; the first word and the last one
+        caption, position = torch.tensor([0, 0, 2, 3, 3, 1, 2]), torch.tensor([0, 3, 1, 5, 2, 0, 4])
+    else:
+        generator, n_words = seeded(80), size(7)
+        caption = torch.randint(0, batch, (n_words,), generator=generator)
+        position = torch.randint(0, n_text - 1, (n_words,), generator=generator)
+        position[0] = 0
+    return patterns, n_image, caption, position
+
+
+def word_image_shares(fn: Callable) -> None:
+    """Exercise 7: each generated word's image attention share per layer, at the query that predicted it."""
     __tracebackhide__ = True
-    reference = xattn_captioner.image_attention_share
-    name = "image_attention_share"
-    n_image, n_text = size(6), size(5)
-    scores = torch.randn(size(3), size(2), n_image + n_text, n_image + n_text, generator=seeded(8)) * 2
-    pattern = scores.softmax(-1)
-    want = reference(pattern, n_image)
-    got = expect_tensor(call_student(fn, name, pattern, n_image), name, want.shape, "batch head query")
+    name = "word_image_shares"
+    patterns, n_image, caption, position = _word_share_inputs()
+    n_words, n_layers = caption.shape[0], patterns.shape[0]
+    want = xattn_captioner.word_image_shares(patterns, n_image, caption, position)
+    got = call_student(fn, name, patterns.clone(), n_image, caption.clone(), position.clone())
+    if isinstance(got, Tensor) and tuple(got.shape) == (n_layers, n_words) and n_layers != n_words:
+        raise CheckFailed(f"`{name}` returned (layer, word); put the words first: (n_words, layer)")
+    if isinstance(got, Tensor) and got.ndim == 3 and list(got.shape).count(n_words) >= 2:
+        raise CheckFailed("pick one (caption, query) pair per word: index the caption and query axes together with two "
+                          "index tensors, not one after the other (that gives every caption × every query)")
+    got = expect_tensor(got, name, want.shape, "word layer")
+
+    def shares(query: Tensor, keys: slice = slice(None, n_image), heads: str = "mean") -> Tensor:
+        mass = patterns[..., keys].sum(-1)  # (layer, caption, head, query)
+        mass = mass.mean(2) if heads == "mean" else mass.sum(2)
+        return mass[:, caption, query].transpose(0, 1)
+
     reject_known_mistakes(got, [
-        (pattern[..., n_image:].sum(-1), "that is the share on the text tokens: the image tokens are the first n_image keys"),
-        (pattern[..., :n_image].mean(-1), "sum the attention over the image keys; a mean divides the share by n_image"),
-        (pattern[..., : n_image + 1].sum(-1), "the image tokens are keys 0 to n_image - 1: slice [..., :n_image]"),
-        (pattern[..., :n_image, :].sum(-2), "sum over the keys (the last axis), not over the queries"),
+        (shares(n_image + position + 1), "that is the share at the word's own position; read it at the query that "
+                                          "predicted the word, the token before it (query n_image + position)"),
+        (torch.ones_like(want), "every share is 1. Either you summed over every key (a row sums to 1: sum the image "
+                                "keys only), or you read an image token's query, which sees only the image (queries "
+                                "count the image tokens too: word `position` was predicted at query n_image + position)"),
+        (shares(n_image + position, slice(n_image, None)), "that is the share on the text keys: the image tokens are "
+                                                            "the first n_image keys"),
+        (shares(n_image + position, slice(-n_image, None)), "the image tokens are the first n_image keys, not the last"),
+        (shares(n_image + position, heads="sum"), "average over heads; a sum multiplies the share by the number of heads"),
+        (shares(n_image + position) / n_image, "sum the attention over the image keys; a mean divides the share by n_image"),
     ], want)
-    expect_close(got, want, name, atol=1e-6, hint="pattern[..., :n_image].sum(-1)")
-    passed(name)
+    expect_close(got, want, name, atol=1e-6, hint="attention on the first n_image keys, mean over heads, at query "
+                                                  "n_image + position of each word's caption")
+    passed(name, "the shares mikit's generated_word_shares reads for the study")
 
 
 EXERCISES = {
-    # Exercises 1 and 2 have no reference function in mikit.xattn (the model computes exercise 1 inside
-    # its Attention module, which a function of q, k and padding cannot reach).
+    # Exercise 1 has no reference function in mikit.xattn (the model computes it inside its Attention
+    # module, which a function of q, k and padding cannot reach).
     "cross_attention_probs": Exercise(cross_attention_probs, ("cross_attention_probs",)),
-    "word_grid": Exercise(word_grid, ("word_grid",)),
+    "record_cross_attention": Exercise(
+        record_cross_attention, ("record_cross_attention",),
+        forbidden=(xattn_attention.CrossAttentionStore.__enter__, xattn_attention.CrossAttentionStore.stacked),
+    ),
     # `upsample` stays allowed: it is the bilinear step the exercise asks for with F.interpolate.
     "daam_heatmap": Exercise(daam_heatmap, ("daam_heatmap",), forbidden=(xattn_attention.word_heatmap,)),
     "mean_iou": Exercise(mean_iou, ("mean_iou",), forbidden=(xattn_attention.mean_iou, xattn_attention.iou)),
     "weakest_token": Exercise(weakest_token, ("weakest_token",), forbidden=(xattn_binding.token_strength,)),
     "reweight": Exercise(reweight, ("reweight",), forbidden=(xattn_binding.reweight_pattern,)),
-    "image_attention_share": Exercise(
-        image_attention_share, ("image_attention_share",), forbidden=(xattn_captioner.image_attention_share,)
+    "word_image_shares": Exercise(
+        word_image_shares, ("word_image_shares",),
+        forbidden=(xattn_captioner.word_image_shares, xattn_captioner.image_attention_share),
     ),
     "attn2_probs": Exercise(
         attn2_probs, ("attn2_probs",),

@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
+from transformer_lens.utilities import get_act_name
 from transformers import PreTrainedTokenizerBase
 
 from mikit import core, patching
@@ -21,6 +22,7 @@ from mikit.checks import (
     CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, hook_point,
     offline_model, passed, reveal, seeded, size,
 )
+from mikit.checks.patching import expect_no_hooks_left
 from mikit.core import Head
 from mikit.datasets.ioi import IOIDataset
 from mikit.hidden import recipe
@@ -242,54 +244,79 @@ def paper_comparison(found: dict[str, Iterable[Head]], model_name: str) -> None:
     passed("paper_comparison", "your analysis recovers the paper's name movers and S-inhibition heads")
 
 
-def normalised_logit_diff(fn: Callable) -> None:
-    """Exercise 5: 0 = corrupted, 1 = clean."""
+def patch_head(fn: Callable, model: HookedTransformer) -> None:
+    """Exercise 5: one head's output patched into the corrupted run, end to end, as a normalised logit difference."""
     __tracebackhide__ = True
-    name = "normalised_logit_diff"
-    clean, corrupted = 4.0, 0.5
-    patched = torch.tensor([0.5, 4.0, 2.25, -1.0])
-    if hidden():  # other values; the patched ones still include both ends
-        clean, corrupted = round(2 + 3 * torch.rand(1, generator=seeded(0)).item(), 3), round(
-            torch.rand(1, generator=seeded(1)).item() - 0.5, 3
-        )
-        between = torch.randn(size(4) - 2, generator=seeded(2)) * 2 + 1
-        patched = torch.cat([torch.tensor([corrupted, clean]), between])[torch.randperm(size(4), generator=seeded(3))]
-    got = expect_tensor(call_student(fn, name, patched, clean, corrupted), name, patched.shape)
-    want = core.normalised_metric(patched, clean, corrupted)
-    if not torch.allclose(got, want, atol=1e-6):
+    name = "patch_head"
+    ds, abc = _check_data(model)
+    clean_cache, corrupted_cache = _caches(model)
+    n_heads = model.cfg.n_heads
+    group = n_heads // (model.cfg.n_key_value_heads or n_heads)
+    mean_ld = lambda logits: ref.logit_diff(logits, ds).mean()  # noqa: E731
+    with torch.no_grad():  # the logits of both runs, from their caches' final normalised residual streams
+        clean_ld, corrupted_ld = (mean_ld(model.unembed(cache["ln_final.hook_normalized"])).item()
+                                  for cache in (clean_cache, corrupted_cache))
+
+    def patched_ld(layer: int, index: tuple) -> float:
+        """The mean logit diff of the corrupted run with `hook_z[:, *index]` of `layer` from the clean run."""
+        patches = [(get_act_name("z", layer), index)]
+        return patching.run_patches(model, corrupted_cache, clean_cache, mean_ld, patches, progress=False).item()
+
+    normalised = lambda ld: core.normalised_metric(ld, clean_ld, corrupted_ld)  # noqa: E731
+    # The head that writes most directly into the answer, and another of its layer (whose head // group, in a
+    # grouped-query model, is yet another head).
+    layer, top = divmod(int(ref.head_dla(model, clean_cache, ds).abs().argmax()), n_heads)
+    for head in (top, n_heads - 2 if top != n_heads - 2 else n_heads - 3):
+        z_name = get_act_name("z", layer)
+        before = clean_cache[z_name].clone()
+        out = call_student(fn, name, model, ds, abc.tokens, clean_cache, layer, head, clean_ld, corrupted_ld)
+        expect_no_hooks_left(model, name)
+        if not torch.equal(clean_cache[z_name], before):
+            raise CheckFailed("your function changed clean_cache: write into the activation the hook is given, never "
+                              "into the clean cache, which every later patch reads")
+        if isinstance(out, Tensor) and out.numel() > 1:
+            raise CheckFailed(f"`{name}` returned a tensor of shape {tuple(out.shape)}: return one number, the mean "
+                              "logit difference over prompts, normalised")
+        got = expect_number(out, name)
+        ld = patched_ld(layer, (slice(None), head))
+        want = normalised(ld)
+        if abs(got - want) <= 1e-4 * max(1.0, abs(want)):
+            continue
+        wrongs = [
+            (0.0, "nothing changed: 0 is the corrupted run; either your hook changed nothing (it must copy head "
+                  "`head`'s clean output into z in a run of the corrupted tokens), or it patched a position where both "
+                  "runs are the same: hook_z is (batch, pos, head, d_head), the head is axis 2"),
+            (ld, "you returned the mean logit difference itself: normalise it, so that the corrupted run's value "
+                 "gives 0 and the clean run's 1"),
+            (1 - want, "your normalisation is reversed: the corrupted run's logit difference maps to 0, the clean one to 1"),
+            (want - 1, "your normalisation is shifted: subtract the corrupted run's logit difference, not the clean one's"),
+            ((ld - corrupted_ld) / clean_ld, "divide by the gap between the clean and the corrupted logit differences, "
+                                             "not by the clean one"),
+            (normalised(ld * len(ds)), "you summed the logit differences over prompts: take their mean"),
+            (normalised(patched_ld(layer, (slice(None), slice(None)))),
+             "you patched every head of the layer: patch only head `head`, z[:, :, head]"),
+            (normalised(patched_ld(layer, (head,))),
+             "you indexed the position axis: hook_z is (batch, pos, head, d_head), the head is axis 2"),
+        ]
+        if group > 1 and head // group != head:
+            wrongs.append((normalised(patched_ld(layer, (slice(None), head // group))),
+                           "hook_z has one slice per query head: grouped-query attention shares keys and values, not "
+                           "heads' outputs, so patch z[:, :, head] itself, not head // group"))
+        for wrong, message in wrongs:
+            if abs(got - wrong) <= 1e-4 * max(1.0, abs(wrong)) < abs(wrong - want):
+                raise CheckFailed(message)
         raise CheckFailed(
-            reveal(f"for clean {clean}, corrupted {corrupted} and patched {patched.tolist()} you gave {got.tolist()}, "
-                   f"expected {want.tolist()}: ")
-            + "the corrupted logit diff maps to 0 and the clean one to 1"
+            f"`{name}` gave {got:.4f}" + reveal(f" for L{layer}H{head}, expected {want:.4f}")
+            + ": run the corrupted tokens with one hook on hook_z of `layer` that copies head `head`'s clean output "
+            "(every prompt and position), then normalise the mean logit difference"
         )
-    passed(name)
-
-
-def patch_head_hook(fn: Callable) -> None:
-    """Exercise 6: a hook that gives one head its clean output."""
-    __tracebackhide__ = True
-    name = "patch_head_hook"
-    heads = size(4)
-    shape = (size(3), size(5), heads, size(6))
-    z = torch.randn(shape, generator=seeded(2))
-    clean_z = torch.randn(shape, generator=seeded(3))
-    hook = hook_point("blocks.1.attn.hook_z")
-    for head in (0, heads - 2):
-        patched = z.clone()
-        out = call_student(fn, name, patched, hook, head, clean_z)
-        got = expect_tensor(patched if out is None else out, name, z.shape, "batch pos head d_head")
-        want = ref.patch_head_hook(z.clone(), hook, head, clean_z)
-        others = [h for h in range(heads) if h != head]
-        if not torch.equal(got[:, :, others], z[:, :, others]):
-            raise CheckFailed(f"`{name}` changed heads other than head {head}: patch index 2 of z (the head axis) only")
-        expect_close(got, want, name, atol=0, rtol=0, hint="copy the clean output of that head at every prompt and position")
     passed(name)
 
 
 def path_patch_to_queries(
     fn: Callable, model: HookedTransformer, senders: list[Head], receivers: list[Head]
 ) -> None:
-    """Exercise 7: path patching from sender heads to receiver heads' queries."""
+    """Exercise 6: path patching from sender heads to receiver heads' queries."""
     __tracebackhide__ = True
     name = "path_patch_to_queries"
     ds, _ = _check_data(model)
@@ -309,7 +336,7 @@ def path_patch_to_queries(
 
 
 def mean_ablate_outside(fn: Callable) -> None:
-    """Exercise 8: mean-ablate every head of a layer that is not in the circuit."""
+    """Exercise 7: mean-ablate every head of a layer that is not in the circuit."""
     __tracebackhide__ = True
     name = "mean_ablate_outside"
     layers, heads = size(3), size(4)
@@ -346,7 +373,7 @@ def mean_ablate_outside(fn: Callable) -> None:
 
 
 def circuit(heads: object, model: HookedTransformer, n_prompts: int = 40, seed: int = 1) -> None:
-    """Exercise 9: a circuit of at most 20 heads that keeps ≥ 60 % of the logit difference on unseen prompts."""
+    """Exercise 8: a circuit of at most 20 heads that keeps ≥ 60 % of the logit difference on unseen prompts."""
     __tracebackhide__ = True
     circuit_faithfulness(heads, model, n_prompts, seed)
 
@@ -430,11 +457,10 @@ EXERCISES = {
     ),
     "attention_between": Exercise(attention_between, ("attention_between",), _tiny, (ref.attention_between,)),
     "classify_heads": Exercise(classify_heads, ("classify_heads",), _classify_context, (ref.classify_heads,)),
-    "normalised_logit_diff": Exercise(
-        normalised_logit_diff, ("normalised_logit_diff",), forbidden=(core.normalised_metric,)
-    ),
-    "patch_head_hook": Exercise(
-        patch_head_hook, ("patch_head_hook",), forbidden=(ref.patch_head_hook, patching.copy_index)
+    "patch_head": Exercise(
+        patch_head, ("patch_head",), _tiny,
+        (ref.head_patching, ref.layer_patching, ref.patch_head_hook, patching.run_patches, patching.copy_index,
+         core.normalised_metric),
     ),
     "path_patch_to_queries": Exercise(
         path_patch_to_queries, ("path_patch_to_queries",), _path_patch_context,

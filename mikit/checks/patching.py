@@ -9,6 +9,7 @@ Models, caches and the nnsight wrapper are `@recipe`s, so the student's kernel r
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -108,34 +109,141 @@ def _run_hook(fn: Callable, name: str, activation: Tensor, *args: Any) -> Tensor
     return activation if out is None else out
 
 
-def patch_resid_hook(fn: Callable) -> None:
-    """Exercise 1: a hook that patches the residual stream at one position."""
+def _hooks_left(model: HookedTransformer) -> list[str]:
+    """The hook points that still carry a (non-permanent) hook."""
+    return [name for name, point in model.hook_dict.items()
+            if any(not handle.is_permanent for handle in point.fwd_hooks) or point._forward_hooks]
+
+
+def expect_no_hooks_left(model: HookedTransformer, name: str) -> None:
+    """Fail if the student's function left a hook on the model (and take it off, so later checks run clean).
+
+    Notebook 02's checks use it too. Under the grader the student's kernel takes left-over hooks off after each call,
+    so only the notebook's check can see one."""
     __tracebackhide__ = True
-    name = "patch_resid_hook"
-    generator = seeded(1)
-    shape = (size(5), size(6), size(8))  # batch pos d_model
-    for pos in (2, shape[1] - 2):
-        resid, clean = torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator)
-        clean_before = clean.clone()
-        hook = hook_point("blocks.1.hook_resid_pre")
-        got = expect_tensor(_run_hook(fn, name, resid.clone(), hook, pos, clean), name, resid.shape, "batch pos d_model")
-        if not torch.equal(clean, clean_before):
-            raise CheckFailed("your hook changed clean_resid: write into the activation it is given, not into the clean one")
-        want = ref.copy_index(resid.clone(), hook, (pos,), clean)
-        every, later, batch, before = resid.clone(), resid.clone(), resid.clone(), resid.clone()
-        every[:] = clean
-        later[:, pos:] = clean[:, pos:]
-        batch[pos] = clean[pos]
-        before[:, pos - 1] = clean[:, pos - 1]
-        reject_known_mistakes(got, [
-            (resid, "nothing changed: assign clean_resid[:, pos] into resid[:, pos] (and return resid)"),
-            (every, "you replaced every position: patch only position `pos`, resid[:, pos]"),
-            (later, "you replaced position `pos` and every later one: patch only resid[:, pos]"),
-            (batch, "you indexed the batch axis: the residual stream is (batch, pos, d_model), so use resid[:, pos]"),
-            (before, "off by one: you patched position pos - 1"),
-        ], want)
-        expect_close(got, want, name, hint="copy clean_resid[:, pos] into resid[:, pos] and return resid")
-    passed(name)
+    left = _hooks_left(model)
+    if left:
+        model.reset_hooks()
+        for point in model.hook_dict.values():
+            point._forward_hooks.clear()
+        raise CheckFailed(
+            f"a hook stayed on the model after `{name}` returned (on {left[0]}), so every later run would carry your "
+            "patch too: attach it for one run only, with model.run_with_hooks(...) or `with model.hooks(...)`, or "
+            "call model.reset_hooks() after the run"
+        )
+
+
+def _patched_metric(model: HookedTransformer, tokens: Tensor, hooks: list, metric: Callable | None = None) -> float:
+    """`metric` (the check's by default) of a run of `tokens` with `hooks` attached for that run only."""
+    with torch.no_grad():
+        return float((metric or _metric)(model.run_with_hooks(tokens, fwd_hooks=hooks)))
+
+
+def _copy_from(cache: ActivationCache, index: tuple) -> Callable:
+    """A hook that copies `cache[hook.name][:, *index]` into the activation."""
+    where = (slice(None), *index)
+
+    def hook(activation: Tensor, hook: HookPoint) -> Tensor:
+        activation[where] = cache[hook.name][where]
+        return activation
+
+    return hook
+
+
+def _reference_patches(model: HookedTransformer, corrupted_cache: ActivationCache, clean_cache: ActivationCache,
+                       patches: list[tuple[str, tuple]]) -> Tensor:
+    """mikit.patching's metric for each `(hook name, index)` patch of the corrupted run, one at a time."""
+    return ref.run_patches(model, corrupted_cache, clean_cache, _metric, patches, progress=False)
+
+
+def _reject_numbers(got: list[float], want: list[float], wrongs: list[tuple[list[float], str]], atol: float) -> None:
+    """`reject_known_mistakes` for a few numbers: fail with the message of the mistake `got` reproduces."""
+    __tracebackhide__ = True
+    reject_known_mistakes(torch.tensor(got), [(torch.tensor(wrong), message) for wrong, message in wrongs],
+                          torch.tensor(want), atol=atol)
+
+
+def _expect_metric(out: Any, name: str) -> float:
+    """The student's result as one number, with a sentence for logits returned instead of the metric."""
+    __tracebackhide__ = True
+    if isinstance(out, Tensor) and out.numel() > 1:
+        raise CheckFailed(
+            f"`{name}` returned a tensor of shape {tuple(out.shape)}: return the metric of the patched run, "
+            "metric(logits), one number, not the logits"
+        )
+    return expect_number(out, name)
+
+
+def _close(got: float, want: float) -> bool:
+    """Whether a student's metric matches the reference's (a full run against the engine's run from the layer)."""
+    return abs(got - want) <= 1e-5 + 1e-4 * abs(want)
+
+
+def patch_resid(fn: Callable) -> None:
+    """Exercise 1: one residual-stream patch end to end: the metric of the corrupted run with one position patched."""
+    __tracebackhide__ = True
+    name = "patch_resid"
+    model = _model()
+    clean, corrupted, clean_cache, corrupted_cache = _caches(model, *_prompts())
+    last, n_pos = model.cfg.n_layers - 1, corrupted.shape[1]
+    # The first case tells every mistake below apart: position 3 differs between the runs at every layer (so the layer
+    # before is no no-op), the last layer reads it (so resid_post is no no-op), and positions 3 and later are not the
+    # whole run. Position 3 is no batch index of the notebook's 3 prompts: indexing the batch axis raises there.
+    for layer, pos in ((last - 1, 3), (0, 1), (last, n_pos - 2)):
+        resid_pre = get_act_name("resid_pre", layer)
+        before = clean_cache[resid_pre].clone()
+        try:
+            out = call_student(fn, name, model, corrupted, clean_cache, layer, pos, _metric)
+        except IndexError as err:
+            raise CheckFailed(
+                f"your function raised IndexError ({err}): the residual stream is (batch, pos, d_model), so position "
+                "`pos` is on axis 1, the activation's [:, pos], not on the batch axis"
+            ) from None
+        expect_no_hooks_left(model, name)
+        if not torch.equal(clean_cache[resid_pre], before):
+            raise CheckFailed("your function changed clean_cache: write into the activation the hook is given, never "
+                              "into the clean cache, which every later patch reads")
+        got = _expect_metric(out, name)
+        want = _reference_patches(model, corrupted_cache, clean_cache, [(resid_pre, (pos,))]).item()
+        if _close(got, want):
+            continue
+
+        def run(hook_name: str, index: tuple) -> float:
+            return _patched_metric(model, corrupted, [(hook_name, _copy_from(clean_cache, index))])
+
+        def batch_axis(resid: Tensor, hook: HookPoint) -> Tensor:
+            resid[pos] = clean_cache[hook.name][pos]
+            return resid
+
+        wrongs = [
+            ([_patched_metric(model, corrupted, [])],
+             "nothing changed: this is the corrupted run's metric; the hook must copy the clean value into position "
+             "`pos` of the activation it is given (and return it)"),
+            # Patching every position of resid_pre gives the clean run itself, so both mistakes give this number.
+            ([_patched_metric(model, clean, [])],
+             "this is the clean run's metric: you replaced every position (or ran the clean prompts); run the corrupted "
+             "tokens and patch only position `pos`, the activation's [:, pos]"),
+            ([run(resid_pre, (slice(pos, None),))],
+             "you replaced position `pos` and every later one: patch only the activation's [:, pos]"),
+            ([run(get_act_name("resid_post", layer), (pos,))],
+             "you patched one layer too late: resid_post of layer `layer` is the stream leaving the block; the patch "
+             "goes on the stream entering it, get_act_name('resid_pre', layer)"),
+        ]
+        if pos < corrupted.shape[0]:
+            wrongs.append(([_patched_metric(model, corrupted, [(resid_pre, batch_axis)])],
+                           "you indexed the batch axis: the residual stream is (batch, pos, d_model), so the position "
+                           "is axis 1, [:, pos]"))
+        if layer > 0:
+            wrongs.append(([run(get_act_name("resid_pre", layer - 1), (pos,))],
+                           "you patched one layer too early: the patch goes on resid_pre of layer `layer`"))
+        _reject_numbers([got], [want], wrongs, atol=1e-6)
+        raise CheckFailed(
+            f"`{name}` gave {got:.5f}" + reveal(f" for layer {layer}, position {pos}, expected {want:.5f}")
+            + ": run the corrupted tokens with one hook on resid_pre of `layer` that copies the clean stream at "
+            "`pos` (every prompt), and return metric(logits)"
+        )
+    # Under the grader the student's kernel takes left-over hooks off itself: only the notebook's check sees them.
+    passed(name, "one patch" + reveal(", and the model is left without hooks"))
 
 
 def patch_resid_nnsight(fn: Callable) -> None:
@@ -176,68 +284,155 @@ def patch_resid_nnsight(fn: Callable) -> None:
     passed(name, "the nnsight trace and the TransformerLens hook give the same logits")
 
 
-def resid_patching_loop(fn: Callable, patch_hook: Callable) -> None:
-    """Exercise 3: one forward pass per (layer, position), with the hook from exercise 1."""
+NO_OP = "a patch that cannot change anything"
+
+
+def _patch_resid_once(model: HookedTransformer, corrupted_tokens: Tensor, clean_cache: ActivationCache, layer: int,
+                      pos: int, metric: Callable) -> float:
+    """Exercise 1's patch, as the loop's check hands it to the student's loop: it refuses to run a patch at a position
+    before the first token where clean and corrupted prompts differ (there the two runs are identical)."""
+    with torch.no_grad():
+        embedded = model(corrupted_tokens, stop_at_layer=0)  # resid_pre of layer 0
+    same = (embedded == clean_cache["resid_pre", 0]).all(-1).all(0)  # (pos,): this token is equal in every prompt
+    first = int(same.logical_not().nonzero()[0]) if not same.all() else same.shape[0]
+    if pos < first:
+        raise ValueError(f"{NO_OP}: resid_pre of layer {layer} at position {pos}, before the first token where the "
+                         f"prompts differ ({first})")
+    hook = (get_act_name("resid_pre", layer), _copy_from(clean_cache, (pos,)))
+    return _patched_metric(model, corrupted_tokens, [hook], metric)
+
+
+def resid_patching_loop(fn: Callable) -> None:
+    """Exercise 3: the sweep over layers and positions, skipping the patches that cannot change anything."""
     __tracebackhide__ = True
     name = "resid_patching_loop"
     model = _model()
-    clean, corrupted, clean_cache, _ = _caches(model, *_prompts())
-    layers, positions = [0, model.cfg.n_layers - 1], [1, 3, corrupted.shape[1] - 2]
-    got = expect_tensor(
-        call_student(fn, name, model, corrupted, clean_cache, _metric, layers, positions, patch_hook),
-        name, (len(layers), len(positions)), "layer pos",
-    )
-    with torch.no_grad():
-        _, target_cache = model.run_with_cache(corrupted)
+    clean, corrupted, clean_cache, corrupted_cache = _caches(model, *_prompts())
+    n_layers, n_pos = model.cfg.n_layers, corrupted.shape[1]
+    # Out of order, so that a table filled by index or sorted shows: layer 0 is not in `layers` and position 2 not in
+    # `positions`; position 0 comes before the first token where the prompts differ.
+    layers, positions = [n_layers - 1, n_layers - 2], [n_pos - 2, 0, 3, 1]
+    try:
+        out = call_student(fn, name, model, corrupted, clean_cache, _metric, layers, positions, _patch_resid_once)
+    except ValueError as err:
+        if NO_OP not in str(err):
+            raise
+        layer, pos = (int(n) for n in re.search(r"layer (\d+) at position (\d+)", str(err)).groups())
+        if layer not in layers or pos not in positions:
+            raise CheckFailed(
+                "you patched at the index of an entry instead of its value" + reveal(f" (layer {layer}, position {pos})")
+                + ": the patch for row i and column j is at layer layers[i] and position positions[j]"
+            ) from None
+        raise CheckFailed(
+            "you ran a patch that cannot change anything" + reveal(f" (layer {layer}, position {pos})")
+            + ": where the clean and corrupted residual streams are equal at that layer and position (every position "
+            "before the first token where the prompts differ), skip the patch and record the corrupted run's own metric"
+        ) from None
+    got = expect_tensor(out, name, (len(layers), len(positions)), "layer pos")
     cells = [(layer, pos) for layer in layers for pos in positions]
 
-    def sweep(activation: str) -> Tensor:
+    def sweep(cells: list[tuple[int, int]], activation: str = "resid_pre") -> Tensor:
         patches = [(get_act_name(activation, layer), (pos,)) for layer, pos in cells]
-        return ref.run_patches(model, target_cache, clean_cache, _metric, patches, progress=False).view(got.shape)
+        return _reference_patches(model, corrupted_cache, clean_cache, patches).view(got.shape)
 
-    def leaking() -> Tensor:
-        results = []
-        for n in range(1, len(cells) + 1):
-            hooks = [(get_act_name("resid_pre", layer), lambda r, hook, pos=pos: ref.copy_index(r, hook, (pos,), clean_cache[hook.name]))
-                     for layer, pos in cells[:n]]
-            with torch.no_grad():
-                results.append(_metric(model.run_with_hooks(corrupted, fwd_hooks=hooks)))
-        return torch.stack(results).view(got.shape)
-
-    want = sweep("resid_pre")
+    want = sweep(cells)
+    if torch.allclose(got, want, atol=1e-4, rtol=1e-3):
+        passed(name, "the patches that cannot change anything were skipped")
+        return
+    # The patches a loop skips: those equal in both runs at that layer and position (in these layers, exactly those
+    # before the first token where the prompts differ).
+    skipped = torch.tensor([[torch.equal(clean_cache["resid_pre", layer][:, pos], corrupted_cache["resid_pre", layer][:, pos])
+                             for pos in positions] for layer in layers])
     reject_known_mistakes(got, [
-        (sweep("resid_post"), "you patched resid_post: the sweep patches the stream *entering* each layer, "
-                              "utils.get_act_name('resid_pre', layer)"),
-        (leaking(), "your patches accumulate: each run must carry one patch only; use model.run_with_hooks, "
-                    "which removes its hooks afterwards (add_hook without reset_hooks keeps them)"),
+        (want.masked_fill(skipped, 0.0), "a skipped patch's result is the corrupted run's own metric (what the patch "
+                                         "would have given), not 0: measure the corrupted run once"),
+        (torch.full_like(want, _patched_metric(model, corrupted, [])),
+         "every entry is the corrupted run's metric: you skipped patches that change the run; skip only where the clean "
+         "and corrupted streams are equal"),
+        (sweep([(i, j) for i in range(len(layers)) for j in range(len(positions))]),
+         "you patched at the index of each entry (i, j) instead of its value: the patch for row i and column j is at "
+         "layer layers[i] and position positions[j]"),
+        (sweep(cells, "resid_post"), "you patched resid_post: the sweep patches the stream *entering* each layer"),
     ], want)
-    expect_close(got, want, name, hint="for each layer and position, run the corrupted tokens with one hook on "
-                 "resid_pre of that layer and record metric(logits)")
-    passed(name)
+    expect_close(got, want, name, hint="entry [i, j] is the metric of the corrupted run patched at layer layers[i] and "
+                 "position positions[j] with the patch function you are given")
 
 
-def patch_pattern_hook(fn: Callable) -> None:
-    """Exercise 4: a hook that patches one head's attention pattern."""
+def _as_pair(out: Any, name: str) -> tuple[float, float]:
     __tracebackhide__ = True
-    name = "patch_pattern_hook"
-    generator = seeded(2)
-    batch, heads, pos = size(2), size(4), size(5)
-    for head in (1, heads - 1):
-        pattern = torch.rand(batch, heads, pos, pos, generator=generator).softmax(-1)
-        clean = torch.rand(batch, heads, pos, pos, generator=generator).softmax(-1)
-        hook = hook_point("blocks.0.attn.hook_pattern")
-        got = expect_tensor(_run_hook(fn, name, pattern.clone(), hook, head, clean), name, pattern.shape, "batch head q k")
-        want = ref.copy_index(pattern.clone(), hook, (head,), clean)
-        query_axis, every = pattern.clone(), clean.clone()
-        query_axis[:, :, head] = clean[:, :, head]
-        reject_known_mistakes(got, [
-            (pattern, "nothing changed: assign clean_pattern[:, head] into pattern[:, head] (and return pattern)"),
-            (query_axis, "you indexed the query axis: patterns are (batch, head, query, key) — the head axis is 1, "
-                         "unlike hook_z's (batch, pos, head, d_head)"),
-            (every, "you replaced every head's pattern: patch only pattern[:, head]"),
-        ], want)
-        expect_close(got, want, name, hint="pattern[:, head] = clean_pattern[:, head]")
-    passed(name)
+    if isinstance(out, dict) or not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise CheckFailed(f"`{name}` should return a pair of numbers, (pattern, values), but returned "
+                          f"a {type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
+    return tuple(_expect_metric(value, name) for value in out)
+
+
+def patch_pattern_and_values(fn: Callable) -> None:
+    """Exercise 4: one head's attention pattern alone, then its values alone: where it looks vs what it moves."""
+    __tracebackhide__ = True
+    name = "patch_pattern_and_values"
+    for n_key_value_heads in (None, 2):
+        model = _model(n_key_value_heads)
+        clean, corrupted, clean_cache, corrupted_cache = _caches(model, *_prompts())
+        last, n_heads = model.cfg.n_layers - 1, model.cfg.n_heads
+        n_kv = model.cfg.n_key_value_heads or n_heads
+        group = n_heads // n_kv
+        # Head 1 of the grouped-query model reads kv head 0 but is a valid kv index itself; head n_heads - 1 is not.
+        cases = [(last - 1, 2)] if n_key_value_heads is None else [(last, 1), (1, n_heads - 1)]
+        for layer, head in cases:
+            try:
+                out = call_student(fn, name, model, corrupted, clean_cache, layer, head, _metric)
+            except IndexError:
+                raise CheckFailed(
+                    "an IndexError in a grouped-query model: hook_v has n_key_value_heads heads, and query head h "
+                    "reads value head h // (n_heads // n_key_value_heads)"
+                ) from None
+            expect_no_hooks_left(model, name)
+            got = list(_as_pair(out, name))
+            pattern_name, v_name = get_act_name("pattern", layer), get_act_name("v", layer)
+            kv = head // group
+            want = _reference_patches(model, corrupted_cache, clean_cache,
+                                      [(pattern_name, (head,)), (v_name, (slice(None), kv))]).tolist()
+
+            def run(*hooks: tuple[str, tuple]) -> float:
+                return _patched_metric(model, corrupted, [(hook_name, _copy_from(clean_cache, index))
+                                                          for hook_name, index in hooks])
+
+            pattern, values = want
+            if _close(got[0], pattern) and _close(got[1], values):
+                continue
+            pattern_too = "your values run patched the head's pattern too: either the pattern run's hook stayed on " \
+                "(each run must carry one patch only; run_with_hooks removes its hooks when it returns) or you patched " \
+                "hook_z, the head's output, which is pattern and values together; patch only hook_v"
+            wrong_kv = "values: you patched the wrong value head; query head h reads value head h // group, with " \
+                "group = n_heads // n_key_value_heads (hook_v has n_key_value_heads heads)"
+            wrongs = [
+                ([values, pattern], "you swapped them: return (pattern, values), the pattern patch first"),
+                ([_patched_metric(model, corrupted, [])] * 2, "nothing changed: both runs give the corrupted run's metric; each run needs "
+                                         "one hook that copies the clean activation of head `head` into it"),
+                ([run((pattern_name, ())), values], "pattern: you replaced every head's pattern; patch only head `head`"),
+                ([pattern, run((v_name, ()))], "values: you replaced every value head; patch only the one head `head` reads"),
+                ([pattern, run((pattern_name, (head,)), (v_name, (slice(None), kv)))], pattern_too),
+                # Without grouped-query attention this is the same number as the mistake above.
+                ([pattern, run((get_act_name("z", layer), (slice(None), head)))], pattern_too),
+            ]
+            if head < corrupted.shape[1]:
+                wrongs.append(([run((pattern_name, (slice(None), head))), values],
+                               "pattern: you indexed the query axis; patterns are (batch, head, query_pos, key_pos), "
+                               "the head is axis 1"))
+            for kv_index in (head, head % n_kv):
+                if kv_index < n_kv and kv_index != kv:
+                    wrongs.append(([pattern, run((v_name, (slice(None), kv_index)))], wrong_kv))
+            _reject_numbers(got, want, wrongs, atol=1e-6)
+            for label, g, w in (("pattern", got[0], pattern), ("values", got[1], values)):
+                if not _close(g, w):
+                    raise CheckFailed(
+                        f"your {label} patch gave {g:.5f}" + reveal(f" for L{layer}H{head}, expected {w:.5f}")
+                        + ("" if n_key_value_heads is None else " in the grouped-query model") + ": "
+                        + ("copy the clean pattern of head `head` (axis 1 of hook_pattern) into the corrupted run"
+                           if label == "pattern" else
+                           "copy the clean values of value head head // group (axis 2 of hook_v) into the corrupted run")
+                    )
+    passed(name, "patterns and values, with grouped-query attention" + reveal(", and no hook left behind"))
 
 
 def _as_heads(value: Any, name: str, key: str) -> set[Head]:
@@ -427,13 +622,16 @@ def ablate_head(fn: Callable) -> None:
 
 
 EXERCISES = {
-    "patch_resid_hook": Exercise(patch_resid_hook, ("patch_resid_hook",), forbidden=(ref.copy_index,)),
+    "patch_resid": Exercise(patch_resid, ("patch_resid",), forbidden=(ref.run_patches, ref._forward, ref.copy_index)),
     "patch_resid_nnsight": Exercise(patch_resid_nnsight, ("patch_resid_nnsight",), forbidden=(ref._forward,)),
     "resid_patching_loop": Exercise(
-        resid_patching_loop, ("resid_patching_loop", "patch_resid_hook"),
+        resid_patching_loop, ("resid_patching_loop",),
         forbidden=(ref.patch_residual, ref.run_patches, ref._sweep, ref._forward),
     ),
-    "patch_pattern_hook": Exercise(patch_pattern_hook, ("patch_pattern_hook",), forbidden=(ref.copy_index,)),
+    "patch_pattern_and_values": Exercise(
+        patch_pattern_and_values, ("patch_pattern_and_values",),
+        forbidden=(ref.patch_head_pattern, ref.patch_head_values, ref.run_patches, ref._sweep, ref._forward, ref.copy_index),
+    ),
     "necessary_and_sufficient": Exercise(
         necessary_and_sufficient, ("necessary_and_sufficient",), forbidden=(ref.necessary_and_sufficient,)
     ),

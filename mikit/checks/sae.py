@@ -19,7 +19,6 @@ from mikit.checks import (
 )
 from mikit.hidden import recipe
 from mikit.sae import SAE, ReLUSAE, TopKSAE, metrics
-from mikit.sae import steering as ref_steering
 
 D_IN, D_SAE = 8, 32  # the notebook's sizes; hidden tests add to them (`_dims`)
 
@@ -110,32 +109,60 @@ def relu_sae_loss(fn: Callable) -> None:
     passed(name, reveal(f"{got:.4f}"))
 
 
-def topk_activation(fn: Callable) -> None:
-    """Exercise 3: keep each token's k largest pre-activations (then ReLU), zero the rest."""
+def topk_sae_forward(fn: Callable) -> None:
+    """Exercise 3: the TopK SAE's forward pass, returning (latents, x_hat), on inputs of shape (batch, pos, d_in)."""
     __tracebackhide__ = True
-    name = "topk_activation"
+    name = "topk_sae_forward"
+    generator = seeded(4)
     d_in, d_sae = _dims()
-    pre = torch.randn(size(5), size(3), d_sae, generator=seeded(4))
-    pre[0, 0] = -pre[0, 0].abs() - 0.1  # a token whose pre-activations are all negative
+    W_enc = torch.randn(d_in, d_sae, generator=generator) * 0.5
+    b_enc = -torch.rand(d_sae, generator=generator) * 0.5 - 0.1  # all negative: a token at b_dec has no positive latent
+    W_dec = torch.randn(d_sae, d_in, generator=generator) * 0.4
+    b_dec = torch.randn(d_in, generator=generator) + 1
+    x = torch.randn(size(5), size(3), d_in, generator=generator) + b_dec
+    x[0, 0] = b_dec  # its pre-activations are b_enc: every kept value is negative
     for k in (1, size(4)):
-        got = expect_tensor(call_student(fn, name, pre.clone(), k), name, pre.shape, "... d_sae")
-        want = TopKSAE(d_in, d_sae, k=k).activation(pre)
+        out = call_student(fn, name, x.clone(), W_enc, b_enc, W_dec, b_dec, k)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise CheckFailed(f"`{name}` should return a tuple (latents, x_hat), but returned a {type(out).__name__}.")
+        latents = expect_tensor(out[0], f"{name}(...)[0] (latents)", x.shape[:-1] + (d_sae,), "batch pos d_sae")
+        x_hat = expect_tensor(out[1], f"{name}(...)[1] (x_hat)", x.shape, "batch pos d_in")
+        sae = TopKSAE(d_in, d_sae, k=k)
+        with torch.no_grad():
+            for parameter, value in zip((sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec), (W_enc, b_enc, W_dec, b_dec)):
+                parameter.copy_(value)
+            want, want_x_hat = sae.encode(x), sae(x)
+            pre = sae.pre_activations(x)
         top = pre.topk(k, dim=-1)
         unrectified = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
         mask = torch.zeros_like(pre).scatter(-1, top.indices, 1.0)
         smallest = pre.topk(k, dim=-1, largest=False)
-        flat = pre.flatten(0, 1)
-        batch_top = torch.zeros_like(flat).flatten()
-        chosen = flat.flatten().topk(k * flat.shape[0]).indices
-        batch_top[chosen] = flat.flatten()[chosen].relu()
-        reject_known_mistakes(got, [
+        flat = pre.flatten(0, -2).flatten()
+        batch_top = torch.zeros_like(flat)
+        chosen = flat.topk(k * pre[..., 0].numel()).indices
+        batch_top[chosen] = flat[chosen].relu()
+        uncentred = x @ W_enc + b_enc
+        top_uncentred = uncentred.topk(k, dim=-1)
+        reject_known_mistakes(latents, [
             (unrectified, "negative values survive: apply ReLU to the kept values (a token may then use fewer than k)"),
-            (mask, "you returned a 0/1 mask: keep the pre-activation values of the top k"),
+            (mask, "your latents are a 0/1 mask: keep the pre-activation values of the top k"),
             (torch.zeros_like(pre).scatter(-1, smallest.indices, smallest.values.relu()),
              "you kept the k smallest: use topk's default largest=True"),
-            (batch_top.view(pre.shape), "you chose the top k·n_tokens across the batch (that is BatchTopK): choose k per token, along the last axis"),
+            (batch_top.view(pre.shape), "you chose the top k·n_tokens across the batch (that is BatchTopK): "
+                                        "choose k per token, along the last axis"),
+            (pre.relu(), "you kept every positive pre-activation: keep only each token's k largest"),
+            (torch.zeros_like(pre).scatter(-1, top_uncentred.indices, top_uncentred.values.relu()),
+             "you did not subtract b_dec from x before encoding: pre = (x - b_dec) @ W_enc + b_enc"),
         ], want)
-        expect_close(got, want, name, hint="top = pre.topk(k, dim=-1); scatter top.values.relu() into zeros at top.indices")
+        expect_close(latents, want, f"{name} latents",
+                     hint="keep the top k of (x - b_dec) @ W_enc + b_enc along the last axis, ReLU'd, zeros elsewhere")
+        reject_known_mistakes(x_hat, [
+            (want @ W_dec, "x_hat is missing the decoder bias: x_hat = latents @ W_dec + b_dec"),
+            (pre.relu() @ W_dec + b_dec, "x_hat decodes every positive latent: decode only the k you kept"),
+            (want @ W_enc.T + b_dec, "decode with the decoder's rows W_dec, not the encoder's columns"),
+        ], want_x_hat)
+        expect_close(x_hat, want_x_hat, f"{name} x_hat",
+                     hint="x_hat = Σ over the kept latents of value · W_dec[index], + b_dec")
     passed(name)
 
 
@@ -372,35 +399,87 @@ def max_activating_examples(fn: Callable) -> None:
     passed(name)
 
 
-def steering_hook(fn: Callable) -> None:
-    """Exercise 9: a hook that adds value · direction to the residual stream at every position."""
+@recipe
+def clamp_sae(seed: int, d_in: int, d_sae: int, k: int) -> TopKSAE:
+    """A TopK SAE with random weights: decoder rows of norms 1.5-3, an encoder not tied to them, nonzero biases."""
+    generator = torch.Generator().manual_seed(seed)
+    sae = TopKSAE(d_in, d_sae, k=k)
+    with torch.no_grad():
+        W_dec = torch.randn(d_sae, d_in, generator=generator)
+        sae.W_dec.copy_(W_dec / W_dec.norm(dim=-1, keepdim=True) * (1.5 + 1.5 * torch.rand(d_sae, 1, generator=generator)))
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=generator) * 0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=generator) * 0.2)
+        sae.b_dec.copy_(torch.randn(d_in, generator=generator) + 1)
+    return sae.requires_grad_(False).eval()
+
+
+def _clamp_case() -> tuple[TopKSAE, int, Tensor]:
+    """The clamp check's SAE, latent and residual stream (batch, pos, d_in).
+
+    Moving x along W_enc[:, latent] / ‖W_enc[:, latent]‖² raises the latent's pre-activation by the distance
+    moved: positions 0 … pos-2 get raises from 0 to 8 (in a shuffled order), so the latent fires at some,
+    reaching twice the clamp value, and at others is positive but outside the token's top k; at the last
+    position it is pushed far below zero (it never fires there).
+    """
+    d_in, d_sae = _dims()
+    sae = clamp_sae(_seed(11), d_in, d_sae, 3)
+    generator = seeded(12)
+    latent = 5 if not hidden() else int(torch.randint(d_sae, (), generator=generator))
+    batch, pos = size(2), size(6)
+    resid = sae.b_dec + torch.randn(batch, pos, d_in, generator=generator)
+    reading = sae.W_enc[:, latent] / sae.W_enc[:, latent].norm() ** 2
+    raises = torch.linspace(0, 8, batch * (pos - 1))[torch.randperm(batch * (pos - 1), generator=generator)]
+    resid[:, :-1] += raises.view(batch, pos - 1, 1) * reading
+    resid[:, -1] -= 6 * reading
+    return sae, latent, resid
+
+
+def clamp_latent_hook(fn: Callable) -> None:
+    """Exercise 9: a hook that clamps one SAE latent to `value` at every position, keeping the SAE's error term."""
     __tracebackhide__ = True
-    name = "steering_hook"
-    generator = seeded(10)
-    d_model = size(D_IN)
-    resid = torch.randn(size(2), size(5), d_model, generator=generator)
-    direction = torch.randn(d_model, generator=generator) * 0.3
-    value = 4.0 if not hidden() else round(2 + 4 * float(torch.rand((), generator=generator)), 3)
+    name = "clamp_latent_hook"
+    sae, latent, resid = _clamp_case()
+    value = 4.0 if not hidden() else round(2 + 4 * float(torch.rand((), generator=seeded(13))), 3)
     activation = resid.clone()
-    out = call_student(fn, name, activation, hook_point("blocks.0.hook_resid_pre"), direction, value)
+    out = call_student(fn, name, activation, hook_point("blocks.0.hook_resid_pre"), sae, latent, value)
     if out is None:  # TransformerLens keeps an activation the hook edited in place and returned nothing
         if torch.equal(activation, resid):
-            raise CheckFailed(f"`{name}` returned None and left the activation unchanged: return activation + value * direction")
+            raise CheckFailed(f"`{name}` returned None and left the activation unchanged: return the clamped activation")
         out = activation
     got = expect_tensor(out, name, resid.shape, "batch pos d_model")
-    want = resid + value * direction
-    last, first = resid.clone(), resid.clone()
-    last[:, -1] += value * direction
-    first[:, 0] += value * direction
+    with torch.no_grad():
+        direction = sae.W_dec[latent]
+        latents = sae.encode(resid)
+        current = latents[..., latent]
+        want = resid + (value - current)[..., None] * direction
+        no_topk = ((resid - sae.b_dec) @ sae.W_enc + sae.b_enc).relu()[..., latent]
+        no_b_dec = sae.activation(resid @ sae.W_enc + sae.b_enc)[..., latent]
+        no_b_dec_no_topk = (resid @ sae.W_enc + sae.b_enc).relu()[..., latent]
+        clamped = latents.clone()
+        clamped[..., latent] = value
+        last, first = resid.clone(), resid.clone()
+        last[:, -1] = want[:, -1]
+        first[:, 0] = want[:, 0]
+        only_where_fired = resid + torch.where(current > 0, value - current, 0.0)[..., None] * direction
     reject_known_mistakes(got, [
-        (resid + value * direction / direction.norm(), "you normalised the direction: add value · W_dec[latent] as it is "
-                                                       "(that is what the SAE adds when the latent fires at `value`)"),
-        (last, "you steered only the last position: add the direction at every position"),
-        (first, "you steered only position 0: add the direction at every position"),
-        (value * direction.expand_as(resid), "you replaced the residual stream: add to it"),
-        (resid * (1 + value), "you scaled the stream: add value · direction"),
+        (resid, "your hook returns the activation unchanged: add (value − f_latent(x)) · W_dec[latent] to it"),
+        (resid + value * direction, "you added value · W_dec[latent] without subtracting what the latent already reads: "
+                                    "add (value − f_latent(x)) · W_dec[latent], so the latent ends at `value` where it fired too"),
+        (resid + (value - current)[..., None] * direction / direction.norm(),
+         "you normalised the direction: use W_dec[latent] as it is (the SAE's reconstruction holds f_latent · W_dec[latent])"),
+        (resid + (current - value)[..., None] * direction, "the correction has the wrong sign: add (value − f_latent(x)) · W_dec[latent]"),
+        (sae.decode(clamped), "you replaced the activation by the SAE's reconstruction, which loses the SAE's error x − x̂: "
+                              "add the change to the activation instead"),
+        (resid + (value - no_topk)[..., None] * direction,
+         "your f_latent(x) ignores the TopK: a latent outside a token's k largest reads 0; take it from sae.encode(activation)"),
+        *((resid + (value - wrong)[..., None] * direction,
+           "your f_latent(x) skips the SAE's pre-processing (subtracting b_dec): take it from sae.encode(activation)")
+          for wrong in (no_b_dec, no_b_dec_no_topk)),
+        (only_where_fired, "you clamped only where the latent already fired: clamp it at every position"),
+        (last, "you clamped only the last position: clamp at every position"),
+        (first, "you clamped only position 0: clamp at every position"),
     ], want)
-    expect_close(got, want, name, hint="return activation + value * direction")
+    expect_close(got, want, name, hint="f = sae.encode(activation)[..., latent]; add (value − f) · W_dec[latent] at every position")
     passed(name)
 
 
@@ -410,8 +489,10 @@ EXERCISES = {
         forbidden=(SAE.pre_activations, SAE.encode, SAE.decode, SAE.forward, SAE.forward_with_loss),
     ),
     "relu_sae_loss": Exercise(relu_sae_loss, ("relu_sae_loss",), forbidden=(ReLUSAE.sparsity_loss, SAE.forward_with_loss)),
-    "topk_activation": Exercise(
-        topk_activation, ("topk_activation",), forbidden=(TopKSAE.activation, TopKSAE._latents_and_reconstruction)
+    "topk_sae_forward": Exercise(
+        topk_sae_forward, ("topk_sae_forward",),
+        forbidden=(TopKSAE.activation, TopKSAE._latents_and_reconstruction, SAE.pre_activations, SAE.encode, SAE.decode,
+                   SAE.forward, SAE.forward_with_loss),
     ),
     "auxk_loss": Exercise(auxk_loss, ("auxk_loss",), forbidden=(TopKSAE.aux_loss,)),
     "decoder_constraint": Exercise(
@@ -425,5 +506,6 @@ EXERCISES = {
     # The exercise tells students to use sae.encode; counting with metrics.fire_counts is a helper, not the answer.
     "dead_latents": Exercise(dead_latents, ("dead_latents",)),
     "max_activating_examples": Exercise(max_activating_examples, ("max_activating_examples",)),
-    "steering_hook": Exercise(steering_hook, ("steering_hook",), forbidden=(ref_steering.steering_hook,)),
+    # sae.encode is the step the exercise asks for; the reference steering hooks add a fixed vector.
+    "clamp_latent_hook": Exercise(clamp_latent_hook, ("clamp_latent_hook",)),
 }

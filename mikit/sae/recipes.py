@@ -24,7 +24,7 @@ import mikit
 from mikit.datasets import corpus
 from mikit.paths import SAE_DIR
 from mikit.sae.architectures import TopKSAE
-from mikit.sae.dashboard import LatentIndex
+from mikit.sae.latents import LatentIndex
 from mikit.sae.evaluation import evaluate
 from mikit.sae.io import save
 from mikit.sae.training import ActivationBuffer, CachedActivations, train_sae
@@ -76,11 +76,11 @@ def recipe_activations(
     already read (the corpus is then not loaded and tokenized again)."""
     model = model or mikit.load_model(recipe.model, device="cpu")
     rows = recipe_rows(recipe, model.tokenizer)["train"] if rows is None else rows
-    return ActivationBuffer(model, recipe.hook_name, rows).collect(progress)
+    return ActivationBuffer(model, recipe.hook_name, rows).collect(progress=progress)
 
 
 def train_recipe(
-    recipe: SAERecipe, out: Path | None = None, activations: Tensor | None = None, progress: bool = True
+    recipe: SAERecipe, out: Path | None = None, activations: Tensor | None = None, *, progress: bool = True
 ) -> tuple[TopKSAE, dict[str, float]]:
     """Train `recipe`'s SAE, evaluate it on held-out rows, index its latents, save both into `out`."""
     torch.manual_seed(recipe.seed)

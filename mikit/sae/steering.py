@@ -1,18 +1,17 @@
 """Steer a model with an SAE latent: add the latent's decoder direction to the residual stream while it generates.
 
     steered = generate_steered(model, sae, latent=42, value=20.0, prompt="I went to the")
-    steering_table(model, sae, 42, 20.0, ["I went to the", "My favourite"])    # without | with, side by side
 
 Adding `value · W_dec[latent]` is what the SAE's reconstruction would contain if the latent fired at
 `value`, so `value` is on the latent's own scale: its top activations (see the dashboard) are a natural
-unit, and several times that is typical for visible steering. Generation is greedy by default, so the
-only difference between the two columns is the steering.
+unit, and several times that is typical for visible steering. Generation is greedy by default, so
+steering is the only difference from an unsteered run (`mikit.viz.steering_table` shows the two side
+by side). This is additive steering: the added vector is the same whatever the latent already reads.
 """
 
 from __future__ import annotations
 
-import html
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from jaxtyping import Float
@@ -45,21 +44,3 @@ def generate_steered(
     hooks = [(hook_name, steering_hook(sae.W_dec[latent].detach(), value))] if value else []
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         return model.generate(prompt, max_new_tokens=max_new_tokens, **generate_kwargs)
-
-
-def steering_table(
-    model: HookedTransformer, sae: SAE, latent: int, value: float, prompts: Sequence[str], max_new_tokens: int = 30,
-    **generate_kwargs,
-):
-    """Each prompt's continuation without and with steering, side by side (an HTML table)."""
-    from IPython.display import HTML
-
-    rows = []
-    for prompt in prompts:
-        plain, steered = (generate_steered(model, sae, latent, v, prompt, max_new_tokens, **generate_kwargs)
-                          for v in (0.0, value))
-        cells = "".join(f"<td style='vertical-align:top;white-space:pre-wrap'><b>{html.escape(prompt)}</b>"
-                        f"{html.escape(text[len(prompt):] if text.startswith(prompt) else text)}</td>"
-                        for text in (plain, steered))
-        rows.append(f"<tr>{cells}</tr>")
-    return HTML(f"<table><tr><th>without steering</th><th>latent {latent} × {value:.3g}</th></tr>{''.join(rows)}</table>")

@@ -65,7 +65,7 @@ class ActivationBuffer:
             out.append(cache[self.hook_name][:, 1:].flatten(0, 1).float())
         return torch.cat(out)
 
-    def collect(self, progress: bool = False) -> Float[Tensor, "batch d_in"]:
+    def collect(self, *, progress: bool = True) -> Float[Tensor, "batch d_in"]:
         """One epoch's activations in row order, to keep in memory: `CachedActivations(buffer.collect())`."""
         starts = range(0, self.rows.shape[0], self.rows_per_refill)
         chunks = [self.activations(self.rows[start : start + self.rows_per_refill])
@@ -132,7 +132,7 @@ def _batches(data: Iterable[Tensor]) -> Iterator[Tensor]:
 
 def train_sae(
     sae: SAE, data: Iterable[Float[Tensor, "batch d_in"]], n_tokens: int, lr: float = 4e-4,
-    decay_fraction: float = 0.2, log_every: int = 50, progress: bool = True,
+    decay_fraction: float = 0.2, log_every: int = 50, *, progress: bool = True,
 ) -> dict[str, list[float]]:
     """Train `sae` on batches from `data` (repeated as needed) for `n_tokens` tokens; return the logged history.
 

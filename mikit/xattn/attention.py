@@ -43,7 +43,9 @@ class CrossAttentionStore:
             if layer == self.layers[0]:
                 self.maps.append({})
             kept = pattern if self.n_prompts is None else pattern[: self.n_prompts]
-            self.maps[-1][layer] = kept.detach().cpu()
+            # A copy, not a view: a slice would keep the whole guidance batch alive and show any in-place
+            # edit a later hook makes to the pattern (`.cpu()` alone copies nothing on the CPU).
+            self.maps[-1][layer] = kept.detach().to("cpu", copy=True)
 
         return record
 

@@ -15,10 +15,11 @@ model predicts the next word; VOCAB has no end token, so <pad> after the last wo
 The second half asks whether hallucinated words look less at the image, as reported for LLaVA-style
 models: `label_words` marks each generated colour and shape word grounded or hallucinated against the
 scene, `generated_word_shares` replays the captions with a cache of attention patterns and reads each
-word's image attention share, and `attention_gap` compares the two groups with a bootstrap interval,
-optionally within strata of like words. Compare within caption positions: a word's image share falls
-with its position whatever it is, and hallucinations gather late in long captions, so a raw gap can
-be position alone (in the shipped captioner it mostly is: see `captioner_recipe.hallucination_study`).
+word's image attention share where the model chose the word (`word_image_shares`), and `attention_gap`
+compares the two groups with a bootstrap interval, optionally within strata of like words. Compare
+within caption positions: a word's image share falls with its position whatever it is, and
+hallucinations gather late in long captions, so a raw gap can be position alone (in the shipped
+captioner it mostly is: see `captioner_recipe.hallucination_study`).
 """
 
 from __future__ import annotations
@@ -153,6 +154,25 @@ def image_attention_share(pattern: Float[Tensor, "batch head q_pos k_pos"],
     return pattern[..., :n_image].sum(-1)
 
 
+def word_image_shares(patterns: Float[Tensor, "layer batch head pos pos"], n_image: int,
+                      caption: Int[Tensor, "word"], position: Int[Tensor, "word"]) -> Float[Tensor, "word layer"]:
+    """Each word's image attention share per layer, read at the query that predicted it, mean over heads.
+
+    `patterns` are every layer's attention over the sequence [n_image image tokens, <bos>, word 0, word 1, ...]
+    (queries and keys alike). Word `position[i]` of caption `caption[i]` sits at token n_image + 1 + position[i];
+    the model chose it at the token before, query n_image + position[i] (<bos> predicts word 0).
+    """
+    if caption.shape != position.shape:
+        raise ValueError(f"caption and position need one entry per word: shapes {tuple(caption.shape)} and "
+                         f"{tuple(position.shape)}.")
+    n_text = patterns.shape[-2] - n_image
+    if position.numel() and not (0 <= int(position.min()) and int(position.max()) < n_text - 1):
+        raise ValueError(f"word positions must be between 0 and {n_text - 2} (the sequence holds {n_text} caption "
+                         f"tokens, <bos> first), not {int(position.min())} to {int(position.max())}.")
+    shares = image_attention_share(patterns, n_image).mean(2)  # (layer, batch, query), mean over heads
+    return shares[:, caption, n_image + position].transpose(0, 1)
+
+
 OBJECT_WORDS = {*RADII, *COLOURS, *SHAPES}
 
 
@@ -224,20 +244,26 @@ def generated_word_shares(model: TinyCaptioner, images: Float[Tensor, "batch 3 h
         chunk = captions[start : start + batch_size]
         ids = torch.stack([tokenize(words, model.cfg.caption_length) for words in chunk]).to(images.device)
         _, cache = model.run_with_cache(images[start : start + batch_size], ids, names_filter=lambda n: n in names)
-        # (B, layer, text query): image share of each word position, mean over heads
-        shares = torch.stack([image_attention_share(cache[n], n_image).mean(1)[:, n_image:] for n in names], dim=1)
+        in_chunk, positions = [], []
         for b, words in enumerate(chunk):
             for position, label in enumerate(label_words(words, scenes_objects[start + b])):
                 if label is None:
                     continue
-                rows["caption"].append(start + b)
-                rows["position"].append(position)
+                in_chunk.append(b)
+                positions.append(position)
                 rows["words"].append(words[position])
                 rows["hallucinated"].append(label == "hallucinated")
-                rows["shares"].append(shares[b, :, position].cpu())  # word `position` is token position + 1
-    return WordShares(torch.tensor(rows["caption"], dtype=torch.long), torch.tensor(rows["position"], dtype=torch.long),
-                      rows["words"], torch.tensor(rows["hallucinated"], dtype=torch.bool),
-                      torch.stack(rows["shares"]) if rows["shares"] else torch.empty(0, n_layers))
+        in_chunk, positions = torch.tensor(in_chunk, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
+        patterns = torch.stack([cache[n] for n in names])  # (layer, B, head, query, key)
+        rows["caption"].append(start + in_chunk)
+        rows["position"].append(positions)
+        rows["shares"].append(word_image_shares(patterns, n_image, in_chunk.to(patterns.device),
+                                                positions.to(patterns.device)).cpu())
+    if not rows["shares"]:
+        rows.update(caption=[torch.empty(0, dtype=torch.long)], position=[torch.empty(0, dtype=torch.long)],
+                    shares=[torch.empty(0, n_layers)])
+    return WordShares(torch.cat(rows["caption"]), torch.cat(rows["position"]), rows["words"],
+                      torch.tensor(rows["hallucinated"], dtype=torch.bool), torch.cat(rows["shares"]))
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def next_word_targets(caption_ids: Int[Tensor, "batch word"]) -> tuple[Int[Tenso
 
 def train_captioner(
     model: TinyCaptioner, images: Float[Tensor, "batch 3 32 32"], caption_ids: Int[Tensor, "batch word"], steps: int,
-    batch_size: int = 64, lr: float = 2e-3, seed: int = 0, log_every: int = 100, progress: bool = True,
+    batch_size: int = 64, lr: float = 2e-3, seed: int = 0, log_every: int = 100, *, progress: bool = True,
 ) -> dict[str, list[float]]:
     """Next-word cross-entropy training; returns the mean loss every `log_every` steps."""
     if steps <= 0:
@@ -162,7 +162,7 @@ def hallucination_study(model: TinyCaptioner, images: Float[Tensor, "batch 3 32 
     return shares, summary
 
 
-def train_recipe(recipe: CaptionerRecipe = RECIPE, out: Path | None = None,
+def train_recipe(recipe: CaptionerRecipe = RECIPE, out: Path | None = None, *,
                  progress: bool = True) -> tuple[TinyCaptioner, dict]:
     """Train `recipe`'s captioner, judge it on held-out scenes, run the hallucination study, save it into `out`."""
     torch.manual_seed(recipe.seed)

@@ -79,7 +79,7 @@ def judge(model: TinyT2I, data: SceneData, steps: int = 20, guidance: float = 3.
     return {kind: verdicts[kind] / total for kind in VERDICTS}
 
 
-def train_recipe(recipe: T2IRecipe = RECIPE, out: Path | None = None, progress: bool = True) -> tuple[TinyT2I, dict]:
+def train_recipe(recipe: T2IRecipe = RECIPE, out: Path | None = None, *, progress: bool = True) -> tuple[TinyT2I, dict]:
     """Train `recipe`'s model, judge it on held-out captions, save it into `out`."""
     torch.manual_seed(recipe.seed)
     model = TinyT2I(recipe.model_config())

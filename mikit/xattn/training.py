@@ -70,7 +70,7 @@ def omit_words(captions: Int[Tensor, "batch word"], omit: dict[str, float], gene
 
 def train_t2i(
     model: TinyT2I, data: SceneData, steps: int, batch_size: int = 64, lr: float = 1e-3, p_uncond: float = 0.1,
-    ema: float | None = None, omit: dict[str, float] | None = None, seed: int = 0, log_every: int = 100,
+    ema: float | None = None, omit: dict[str, float] | None = None, seed: int = 0, log_every: int = 100, *,
     progress: bool = True,
 ) -> dict[str, list[float]]:
     """Flow-matching training; returns the loss (mean squared velocity error) every `log_every` steps.

@@ -37,22 +37,67 @@ def cross_attention_probs__loops(q, k, padding):
     return out
 
 
-# ---- exercise 2: a word's 8 × 8 grids ---------------------------------------------------------------
+# ---- exercise 2: recording the maps under guidance --------------------------------------------------
 
 
-def word_grid__reshape(maps, word_index):
-    return maps[..., word_index + 1].reshape(*maps.shape[:-2], 8, 8)
+def record_cross_attention__flat_list(model, captions, steps=20, guidance=3.0, seed=0):
+    """Every call appended to one list (layer 0 first within a step), reshaped to (step, layer) at the end;
+    hooks added with add_hook and removed in a finally."""
+    from mikit.xattn.training import sample
+
+    n_prompts, calls = len(captions), []
+
+    def keep(pattern, hook):
+        calls.append(pattern[:n_prompts].detach().clone())
+
+    for layer in range(model.cfg.n_layers):
+        model.add_hook(f"blocks.{layer}.cross_attn.hook_pattern", keep)
+    try:
+        images = sample(model, captions, steps=steps, guidance=guidance, seed=seed)
+    finally:
+        model.reset_hooks()
+    return images, torch.stack(calls).unflatten(0, (-1, model.cfg.n_layers))
 
 
-def word_grid__select_view(maps, word_index):
-    token = maps.select(-1, word_index + 1)  # (step, layer, prompt, head, patch)
-    return token.contiguous().view(*token.shape[:-1], 8, 8)
+def record_cross_attention__step_dict(model, captions, steps=20, guidance=3.0, seed=0):
+    """A {(step, layer): map} dict, a new step whenever layer 0 fires; the layer read from the hook's name;
+    the hook returns the pattern unchanged."""
+    from transformer_lens.utilities import get_act_name
+
+    from mikit.xattn.training import sample
+
+    n_layers, store = model.cfg.n_layers, {}
+
+    def keep(pattern, hook):
+        layer = int(hook.name.split(".")[1])
+        step = len(store) // n_layers
+        store[step, layer] = pattern[: captions.shape[0]].detach().to("cpu", copy=True)
+        return pattern
+
+    names = [get_act_name("pattern", layer).replace("attn", "cross_attn") for layer in range(n_layers)]
+    with model.hooks(fwd_hooks=[(name, keep) for name in names]):
+        images = sample(model, captions, steps=steps, guidance=guidance, seed=seed)
+    n_steps = len(store) // n_layers
+    maps = torch.stack([torch.stack([store[s, layer] for layer in range(n_layers)]) for s in range(n_steps)])
+    return images, maps
 
 
-def word_grid__einops(maps, word_index):
-    from einops import rearrange
+def record_cross_attention__per_layer_lists(model, captions, steps=20, guidance=3.0, seed=0):
+    """One list per layer (a closure per layer), stacked over steps and then over layers on axis 1."""
+    from mikit.xattn.training import sample
 
-    return rearrange(maps[..., word_index + 1], "... (row column) -> ... row column", row=8)
+    per_layer = [[] for _ in range(model.cfg.n_layers)]
+
+    def keeper(layer):
+        def keep(pattern, hook):
+            with torch.no_grad():
+                per_layer[layer].append(pattern.narrow(0, 0, len(captions)).clone())
+        return keep
+
+    hooks = [(f"blocks.{layer}.cross_attn.hook_pattern", keeper(layer)) for layer in range(len(per_layer))]
+    with model.hooks(fwd_hooks=hooks):
+        images = sample(model, captions, steps, guidance, seed)
+    return images, torch.stack([torch.stack(maps) for maps in per_layer], dim=1)
 
 
 # ---- exercise 3: DAAM heatmap -----------------------------------------------------------------------
@@ -144,22 +189,29 @@ def reweight__in_place(pattern, tokens, factor, n_prompts):
     return pattern
 
 
-# ---- exercise 7: image attention share --------------------------------------------------------------
+# ---- exercise 7: each word's image share -----------------------------------------------------------
 
 
-def image_attention_share__narrow(pattern, n_image):
-    return pattern.narrow(-1, 0, n_image).sum(dim=-1)
+def word_image_shares__loop(patterns, n_image, caption, position):
+    """One word at a time: the row of the query before it, image keys summed, heads averaged."""
+    rows = []
+    for c, p in zip(caption.tolist(), position.tolist()):
+        row = patterns[:, c, :, n_image + p]  # (layer, head, key)
+        rows.append(row[..., :n_image].sum(-1).mean(-1))
+    return torch.stack(rows)
 
 
-def image_attention_share__key_mask(pattern, n_image):
-    """A 0/1 vector over the keys, contracted with einsum."""
-    is_image = (torch.arange(pattern.shape[-1]) < n_image).to(pattern.dtype)
-    return torch.einsum("bhqk,k->bhq", pattern, is_image)
+def word_image_shares__heads_first(patterns, n_image, caption, position):
+    """Heads averaged first, the words' query rows gathered, then the image keys summed."""
+    rows = patterns.mean(dim=2)[:, caption, n_image + position]  # (layer, word, key)
+    return rows[..., :n_image].sum(-1).T
 
 
-def image_attention_share__one_minus_text(pattern, n_image):
-    """Rows sum to 1, so the image share is what the text keys leave."""
-    return 1 - pattern[..., n_image:].sum(-1)
+def word_image_shares__one_minus_text(patterns, n_image, caption, position):
+    """Rows sum to 1, so the image share is what the text keys leave; einsum over a 0/1 key mask."""
+    is_text = (torch.arange(patterns.shape[-1]) >= n_image).to(patterns.dtype)
+    text = torch.einsum("lbhqk,k->lbq", patterns, is_text) / patterns.shape[2]
+    return (1 - text[:, caption, n_image + position]).permute(1, 0)
 
 
 # ---- exercise 8: a diffusers attn2 layer -------------------------------------------------------------

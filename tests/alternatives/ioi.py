@@ -106,32 +106,45 @@ def classify_heads__masks(dla, attn_io, attn_s, threshold):
     return {key: [tuple(pair) for pair in mask.nonzero().tolist()] for key, mask in masks.items()}
 
 
-# --- exercise 5: normalised_logit_diff(patched, clean, corrupted) -------------------------------------
-def normalised_logit_diff__from_clean(patched, clean, corrupted):
-    return 1 - (clean - patched) / (clean - corrupted)
+# --- exercise 5: patch_head(model, ds, corrupted_tokens, clean_cache, layer, head, clean_ld, corrupted_ld)
+def _mean_end_logit_diff(logits, ds):
+    batch = torch.arange(len(ds))
+    end_logits = logits[batch, ds.word_idx["END"]]
+    return (end_logits.gather(-1, ds.io_tokens[:, None]) - end_logits.gather(-1, ds.s_tokens[:, None])).mean()
 
 
-def normalised_logit_diff__tensor_ops(patched, clean, corrupted):
-    patched = torch.as_tensor(patched, dtype=torch.float32)
-    return torch.sub(patched, corrupted).div(clean - corrupted)
+def patch_head__in_place_hook_returns_none(model, ds, corrupted_tokens, clean_cache, layer, head, clean_ld, corrupted_ld):
+    def patch(z, hook):
+        z[:, :, head, :] = clean_cache[hook.name][:, :, head, :]  # TransformerLens keeps z when a hook returns None
+
+    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)]):
+        patched = _mean_end_logit_diff(model(corrupted_tokens), ds).item()
+    return 1 - (clean_ld - patched) / (clean_ld - corrupted_ld)
 
 
-# --- exercise 6: patch_head_hook(z, hook, head, clean_z) ----------------------------------------------
-def patch_head_hook__in_place_returns_none(z, hook, head, clean_z):
-    z[:, :, head, :] = clean_z[:, :, head, :]  # TransformerLens keeps z when a hook returns None
-
-
-def patch_head_hook__new_tensor(z, hook, head, clean_z):
-    mask = torch.zeros(z.shape[2], dtype=torch.bool)
+def patch_head__from_the_layer(model, ds, corrupted_tokens, clean_cache, layer, head, clean_ld, corrupted_ld):
+    # Nothing before the layer changes: run the corrupted prompts up to it, then the rest with the patch.
+    resid = model(corrupted_tokens, stop_at_layer=layer)
+    mask = torch.zeros(model.cfg.n_heads, dtype=torch.bool)
     mask[head] = True
-    return torch.where(mask[None, None, :, None], clean_z, z)
+    hook = lambda z, hook: torch.where(mask[None, None, :, None], clean_cache[hook.name], z)  # noqa: E731
+    logits = model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[(get_act_name("z", layer), hook)])
+    return torch.sub(_mean_end_logit_diff(logits, ds), corrupted_ld).div(clean_ld - corrupted_ld).item()
 
 
-def patch_head_hook__index_copy(z, hook, head, clean_z):
-    return z.index_copy(2, torch.tensor([head]), clean_z[:, :, [head]])
+def patch_head__add_hook_and_reset(model, ds, corrupted_tokens, clean_cache, layer, head, clean_ld, corrupted_ld):
+    clean_z = clean_cache["z", layer]
+    model.add_hook(get_act_name("z", layer), lambda z, hook: z.index_copy(2, torch.tensor([head]), clean_z[:, :, [head]]))
+    try:
+        logits = model(corrupted_tokens)
+    finally:
+        model.reset_hooks()
+    per_prompt = torch.stack([logits[i, end, io] - logits[i, end, s] for i, (end, io, s)
+                              in enumerate(zip(ds.word_idx["END"].tolist(), ds.io_tokens.tolist(), ds.s_tokens.tolist()))])
+    return (per_prompt.mean() - corrupted_ld) / (clean_ld - corrupted_ld)
 
 
-# --- exercise 7: path_patch_to_queries(model, ds, clean_cache, corrupted_cache, senders, receivers) ---
+# --- exercise 6: path_patch_to_queries(model, ds, clean_cache, corrupted_cache, senders, receivers) ---
 def _end_logit_diff(logits, ds):
     batch = torch.arange(len(ds))
     end_logits = logits[batch, ds.word_idx["END"]]
@@ -197,7 +210,7 @@ def path_patch_to_queries__hooks_context(model, ds, clean_cache, corrupted_cache
     return _end_logit_diff(logits, ds)
 
 
-# --- exercise 8: mean_ablate_outside(z, hook, circuit, means) -----------------------------------------
+# --- exercise 7: mean_ablate_outside(z, hook, circuit, means) -----------------------------------------
 def mean_ablate_outside__in_place_returns_none(z, hook, circuit, means):
     layer = hook.layer()
     for head in range(z.shape[2]):
@@ -219,7 +232,7 @@ def mean_ablate_outside__einops(z, hook, circuit, means):
     return keep * z + (1 - keep) * means[hook.name]
 
 
-# --- exercise 9: circuit (a value) ----------------------------------------------------------------------
+# --- exercise 8: circuit (a value) ----------------------------------------------------------------------
 # SmolLM2's circuit from the solution, written as a student might leave it.
 _CIRCUIT = [
     (2, 4), (5, 6), (8, 0), (8, 1), (9, 2), (13, 7), (14, 3), (15, 6), (15, 7), (17, 4),

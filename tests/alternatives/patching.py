@@ -9,25 +9,34 @@ import torch
 from transformer_lens.utilities import get_act_name
 
 
-# --- exercise 1: patch_resid_hook(resid, hook, pos, clean_resid) -----------------------------------
-def patch_resid_hook__in_place_returns_none(resid, hook, pos, clean_resid):
-    resid[:, pos, :] = clean_resid[:, pos, :]
+# --- exercise 1: patch_resid(model, corrupted_tokens, clean_cache, layer, pos, metric) -------------
+def patch_resid__in_place_hook_returns_none(model, corrupted_tokens, clean_cache, layer, pos, metric):
+    clean = clean_cache[f"blocks.{layer}.hook_resid_pre"]
+
+    def hook(resid, hook):
+        resid[:, pos, :] = clean[:, pos, :]
+
+    with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", hook)]):
+        logits = model(corrupted_tokens)
+    return float(metric(logits))
 
 
-def patch_resid_hook__new_tensor(resid, hook, pos, clean_resid):
-    patched = resid.clone()
-    patched[:, pos] = clean_resid[:, pos]
-    return patched
+def patch_resid__add_hook_and_reset(model, corrupted_tokens, clean_cache, layer, pos, metric):
+    name = get_act_name("resid_pre", layer)
+    at_pos = torch.arange(corrupted_tokens.shape[1]) == pos
+    model.add_hook(name, lambda resid, hook: torch.where(at_pos[None, :, None], clean_cache[name], resid))
+    try:
+        return metric(model(corrupted_tokens))
+    finally:
+        model.reset_hooks()
 
 
-def patch_resid_hook__where_mask(resid, hook, pos, clean_resid):
-    at_pos = torch.arange(resid.shape[1]) == pos
-    return torch.where(at_pos[None, :, None], clean_resid, resid)
-
-
-def patch_resid_hook__index_copy(resid, hook, pos, clean_resid):
-    index = torch.tensor([pos])
-    return resid.index_copy_(1, index, clean_resid.index_select(1, index))
+def patch_resid__split_the_run(model, corrupted_tokens, clean_cache, layer, pos, metric):
+    # No hook at all: run up to the layer, patch the stream, run the rest.
+    resid = model(corrupted_tokens, stop_at_layer=layer)
+    resid = resid.clone()
+    resid[:, pos] = clean_cache["resid_pre", layer][:, pos]
+    return metric(model(resid, start_at_layer=layer)).item()
 
 
 # --- exercise 2: patch_resid_nnsight(nn_model, corrupted_tokens, clean_cache, layer, pos) ------------
@@ -56,56 +65,103 @@ def patch_resid_nnsight__block_input(nn_model, corrupted_tokens, clean_cache, la
     return logits
 
 
-# --- exercise 3: resid_patching_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook)
-def resid_patching_loop__add_hook_and_reset(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
+# --- exercise 3: resid_patching_loop(model, corrupted_tokens, clean_cache, metric, layers, positions, patch)
+def resid_patching_loop__first_differing_token(model, corrupted_tokens, clean_cache, metric, layers, positions, patch):
+    # Under causal attention nothing differs before the first token where the prompts differ.
+    embedded = model(corrupted_tokens, stop_at_layer=0)
+    differs = (embedded != clean_cache["resid_pre", 0]).any(-1).any(0)
+    first = int(differs.float().argmax())
+    unpatched = metric(model(corrupted_tokens)).item()
     results = torch.empty(len(layers), len(positions))
     for i, layer in enumerate(layers):
-        name = f"blocks.{layer}.hook_resid_pre"
         for j, pos in enumerate(positions):
-            model.add_hook(name, lambda resid, hook, pos=pos, name=name: patch_hook(resid, hook, pos, clean_cache[name]))
-            results[i, j] = metric(model(corrupted_tokens)).item()
-            model.reset_hooks()
+            results[i, j] = unpatched if pos < first else patch(model, corrupted_tokens, clean_cache, layer, pos, metric)
     return results
 
 
-def resid_patching_loop__hooks_context(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
+def resid_patching_loop__full_cache_allclose(model, corrupted_tokens, clean_cache, metric, layers, positions, patch):
+    logits, corrupted_cache = model.run_with_cache(corrupted_tokens)
+    baseline = metric(logits)
     rows = []
     for layer in layers:
         row = []
         for pos in positions:
-
-            def hook(resid, hook, pos=pos, layer=layer):
-                return patch_hook(resid, hook, pos=pos, clean_resid=clean_cache["resid_pre", layer])
-
-            with model.hooks(fwd_hooks=[(get_act_name("resid_pre", layer), hook)]):
-                row.append(metric(model(corrupted_tokens)).item())
+            name = get_act_name("resid_pre", layer)
+            if torch.allclose(clean_cache[name][:, pos], corrupted_cache[name][:, pos], atol=0, rtol=0):
+                row.append(float(baseline))
+            else:
+                row.append(float(patch(model, corrupted_tokens, clean_cache, layer, pos, metric)))
         rows.append(row)
     return torch.tensor(rows)
 
 
-def resid_patching_loop__stacked(model, corrupted_tokens, clean_cache, metric, layers, positions, patch_hook):
+def resid_patching_loop__memo(model, corrupted_tokens, clean_cache, metric, layers, positions, patch):
+    _, cache = model.run_with_cache(corrupted_tokens, names_filter=lambda name: name.endswith("hook_resid_pre"))
+    memo = {}
     values = []
     for layer in layers:
-        name = get_act_name("resid_pre", layer)
         for pos in positions:
-            hook = lambda resid, hook, pos=pos, name=name: patch_hook(resid, hook, pos, clean_cache[name])  # noqa: E731
-            values.append(metric(model.run_with_hooks(corrupted_tokens, return_type="logits", fwd_hooks=[(name, hook)])))
-    return torch.stack(values).reshape(len(layers), len(positions))
+            same = bool((clean_cache["resid_pre", layer][:, pos] == cache["resid_pre", layer][:, pos]).all())
+            if same:
+                if "unpatched" not in memo:
+                    memo["unpatched"] = metric(model(corrupted_tokens))
+                values.append(memo["unpatched"])
+            else:
+                values.append(torch.as_tensor(patch(model, corrupted_tokens, clean_cache, layer, pos, metric)))
+    return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).reshape(len(layers), len(positions))
 
 
-# --- exercise 4: patch_pattern_hook(pattern, hook, head, clean_pattern) ------------------------------
-def patch_pattern_hook__in_place_returns_none(pattern, hook, head, clean_pattern):
-    pattern[:, head, :, :] = clean_pattern[:, head, :, :]
+# --- exercise 4: patch_pattern_and_values(model, corrupted_tokens, clean_cache, layer, head, metric) --
+def patch_pattern_and_values__in_place_hooks_return_none(model, corrupted_tokens, clean_cache, layer, head, metric):
+    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+    kv = head * n_kv // model.cfg.n_heads  # the same as head // group when the group size divides n_heads
+
+    def pattern_hook(pattern, hook):
+        pattern[:, head, :, :] = clean_cache[hook.name][:, head, :, :]
+
+    def values_hook(v, hook):
+        v[:, :, kv, :] = clean_cache[hook.name][:, :, kv, :]
+
+    results = []
+    for name, hook in ((f"blocks.{layer}.attn.hook_pattern", pattern_hook), (f"blocks.{layer}.attn.hook_v", values_hook)):
+        with model.hooks(fwd_hooks=[(name, hook)]):
+            results.append(float(metric(model(corrupted_tokens))))
+    return results[0], results[1]
 
 
-def patch_pattern_hook__where_mask(pattern, hook, head, clean_pattern):
-    is_head = torch.zeros(pattern.shape[1], dtype=torch.bool)
-    is_head[head] = True
-    return torch.where(is_head[None, :, None, None], clean_pattern, pattern)
+def patch_pattern_and_values__masks(model, corrupted_tokens, clean_cache, layer, head, metric):
+    group = model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads)
+
+    def only(index, size, axis, ndim):
+        mask = torch.zeros(size, dtype=torch.bool)
+        mask[index] = True
+        return mask.view([-1 if d == axis else 1 for d in range(ndim)])
+
+    def pattern_hook(pattern, hook):
+        return torch.where(only(head, pattern.shape[1], 1, 4), clean_cache[hook.name], pattern)
+
+    def values_hook(v, hook):
+        return torch.where(only(head // group, v.shape[2], 2, 4), clean_cache[hook.name], v)
+
+    pattern = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(get_act_name("pattern", layer), pattern_hook)]))
+    values = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(get_act_name("v", layer), values_hook)]))
+    return [pattern, values]
 
 
-def patch_pattern_hook__cat(pattern, hook, head, clean_pattern):
-    return torch.cat([pattern[:, :head], clean_pattern[:, head : head + 1], pattern[:, head + 1 :]], dim=1)
+def patch_pattern_and_values__from_the_layer(model, corrupted_tokens, clean_cache, layer, head, metric):
+    # Nothing before the layer changes: run the corrupted prompts up to it once, then only the rest twice.
+    resid = model(corrupted_tokens, stop_at_layer=layer)
+    kv = head // (model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads))
+    out = []
+    for name, index in ((get_act_name("pattern", layer), (slice(None), head)),
+                        (get_act_name("v", layer), (slice(None), slice(None), kv))):
+        def hook(act, hook, index=index):
+            patched = act.clone()
+            patched[index] = clean_cache[hook.name][index]
+            return patched
+
+        out.append(metric(model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[(name, hook)])).item())
+    return tuple(out)
 
 
 # --- exercise 5: necessary_and_sufficient(denoised, noised, threshold) -------------------------------

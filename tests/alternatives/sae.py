@@ -53,28 +53,42 @@ def relu_sae_loss__loop_over_tokens(x, latents, x_hat, W_dec, l1_coefficient):
     return total / x.shape[0]
 
 
-# --- exercise 3: topk_activation(pre, k) --------------------------------------------------------------------
-def topk_activation__relu_first(pre, k):
+# --- exercise 3: topk_sae_forward(x, W_enc, b_enc, W_dec, b_dec, k) -> (latents, x_hat) ---------------------
+def topk_sae_forward__relu_first_dense_decode(x, W_enc, b_enc, W_dec, b_dec, k):
     # ReLU before choosing: the same values survive (a negative value would be zeroed either way).
-    rectified = pre.relu()
+    rectified = ((x - b_dec) @ W_enc + b_enc).relu()
     top = rectified.topk(k, dim=-1)
-    return torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+    latents = torch.zeros_like(rectified).scatter(-1, top.indices, top.values)
+    return latents, latents @ W_dec + b_dec
 
 
-def topk_activation__threshold_mask(pre, k):
+def topk_sae_forward__threshold_mask(x, W_enc, b_enc, W_dec, b_dec, k):
+    pre = torch.einsum("...d,ds->...s", x - b_dec, W_enc) + b_enc
     kth_largest = pre.topk(k, dim=-1).values[..., -1:]
-    keep = pre >= kth_largest
-    return torch.where(keep, pre, torch.zeros_like(pre)).clamp(min=0)
+    latents = torch.where(pre >= kth_largest, pre, torch.zeros_like(pre)).clamp(min=0)
+    return latents, torch.einsum("...s,sd->...d", latents, W_dec) + b_dec
 
 
-def topk_activation__loop_over_tokens(pre, k):
-    flat = pre.reshape(-1, pre.shape[-1])
-    out = torch.zeros_like(flat)
+def topk_sae_forward__loop_over_tokens_sparse_decode(x, W_enc, b_enc, W_dec, b_dec, k):
+    flat = x.reshape(-1, x.shape[-1])
+    latents = torch.zeros(flat.shape[0], W_enc.shape[1])
+    x_hat = torch.zeros_like(flat)
     for token in range(flat.shape[0]):
-        values, indices = torch.topk(flat[token], k)
-        for value, index in zip(values, indices):
-            out[token, index] = max(value.item(), 0.0)
-    return out.reshape(pre.shape)
+        pre = (flat[token] - b_dec) @ W_enc + b_enc
+        values, indices = torch.topk(pre, k)
+        x_hat[token] = b_dec
+        for value, index in zip(values.relu(), indices):
+            latents[token, index] = value
+            x_hat[token] += value * W_dec[index]  # only the k kept rows of W_dec
+    return latents.reshape(*x.shape[:-1], -1), x_hat.reshape(x.shape)
+
+
+def topk_sae_forward__gathered_rows(x, W_enc, b_enc, W_dec, b_dec, k):
+    top = F.linear(x - b_dec, W_enc.T, b_enc).topk(k, dim=-1)
+    values = top.values.clamp(min=0)
+    latents = torch.zeros(*x.shape[:-1], W_enc.shape[1]).scatter(-1, top.indices, values)
+    x_hat = einops.einsum(values, W_dec[top.indices], "... k, ... k d -> ... d") + b_dec
+    return latents, x_hat
 
 
 # --- exercise 4: auxk_loss(x, x_hat, pre, dead, W_dec, k_aux) ---------------------------------------------------
@@ -216,14 +230,23 @@ def max_activating_examples__divmod(latent_acts, k):
     return examples
 
 
-# --- exercise 9: steering_hook(activation, hook, direction, value) --------------------------------------------------
-def steering_hook__in_place_no_return(activation, hook, direction, value):
-    activation += value * direction  # TransformerLens keeps an activation edited in place
+# --- exercise 9: clamp_latent_hook(activation, hook, sae, latent, value) --------------------------------------------
+def clamp_latent_hook__in_place_no_return(activation, hook, sae, latent, value):
+    with torch.no_grad():
+        current = sae.encode(activation)[:, :, latent]
+        activation += (value - current).unsqueeze(-1) * sae.W_dec[latent]  # TransformerLens keeps it
 
 
-def steering_hook__add_alpha(activation, hook, direction, value):
-    return activation.add(direction, alpha=value)
+def clamp_latent_hook__reconstruction_plus_error(activation, hook, sae, latent, value):
+    # Templeton et al.'s wording: the reconstruction with the latent set to `value`, plus the SAE's error.
+    latents = sae.encode(activation)
+    error = activation - sae.decode(latents)
+    clamped = latents.clone()
+    clamped[..., latent] = value
+    return sae.decode(clamped) + error
 
 
-def steering_hook__broadcast_explicitly(activation, hook, direction, value):
-    return activation + value * direction[None, None, :].to(activation.dtype)
+def clamp_latent_hook__einops_outer(activation, hook, sae, latent, value):
+    current = sae.encode(activation)[..., latent]
+    change = einops.einsum(value - current, sae.W_dec[latent], "batch pos, d_model -> batch pos d_model")
+    return activation + change
