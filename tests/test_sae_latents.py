@@ -4,22 +4,7 @@ import pytest
 import torch
 
 from mikit.sae.latents import LatentIndex, latents_for_token, logit_effects
-from sae_toy import HOOK, toy_model, toy_rows, toy_sae  # tests/sae_toy.py
-
-
-@pytest.fixture(scope="module")
-def model():
-    return toy_model()
-
-
-@pytest.fixture(scope="module")
-def sae(model):
-    return toy_sae(model)
-
-
-@pytest.fixture(scope="module")
-def rows(model):
-    return toy_rows(model)
+from sae_toy import HOOK, model, sae, rows  # noqa: F401  (tests/sae_toy.py; fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,7 @@ import pytest
 import torch
 
 from mikit.sae.steering import generate_steered, steering_hook
-from sae_toy import toy_model, toy_sae  # tests/sae_toy.py
-
-
-@pytest.fixture(scope="module")
-def model():
-    return toy_model()
-
-
-@pytest.fixture(scope="module")
-def sae(model):
-    return toy_sae(model)
+from sae_toy import model, sae  # noqa: F401  (tests/sae_toy.py; fixtures)
 
 
 def test_steering_adds_the_scaled_direction_and_changes_generation_only_while_on(model, sae):

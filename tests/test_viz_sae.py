@@ -5,17 +5,7 @@ import pytest
 
 from mikit import viz
 from mikit.sae.latents import LatentIndex
-from sae_toy import HOOK, toy_model, toy_rows, toy_sae  # tests/sae_toy.py
-
-
-@pytest.fixture(scope="module")
-def model():
-    return toy_model()
-
-
-@pytest.fixture(scope="module")
-def sae(model):
-    return toy_sae(model)
+from sae_toy import HOOK, toy_rows, model, sae  # noqa: F401  (tests/sae_toy.py; fixtures)
 
 
 @pytest.fixture(scope="module")
