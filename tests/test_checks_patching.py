@@ -16,6 +16,7 @@ from replay import assert_replayed_answers_fail  # tests/replay.py
 from alternatives import patching as alternatives  # tests/alternatives/
 from transformer_lens.utilities import get_act_name
 
+import mikit.checks as mikit_checks
 from mikit import core, hidden
 from mikit import patching as ref
 from mikit.checks import CheckFailed, hidden_variant
@@ -120,7 +121,7 @@ def test_patch_resid(capsys, variant):
     rejects(checks.patch_resid, stub, match="NotImplementedError")
     if not variant:  # under the grader the kernel takes left-over hooks off after each call
         rejects(checks.patch_resid, hook_left_on, match="a hook stayed on the model")
-        assert not checks._hooks_left(checks._model())  # the check took it off: later checks run on a clean model
+        assert not mikit_checks._hooks_left(checks._model())  # the check took it off: later checks run on a clean model
 
 
 # --- exercise 2: the same patch in nnsight ----------------------------------------------

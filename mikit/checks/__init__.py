@@ -186,3 +186,27 @@ def reject_known_mistakes(got: Tensor, wrongs: list[tuple[Tensor, str]], want: T
     for wrong, message in wrongs:
         if got.shape == wrong.shape and _gap(got, wrong) <= max(atol, 0.01 * _gap(wrong, want, finite_only=True)):
             raise CheckFailed(message)
+
+
+def _hooks_left(model) -> list[str]:
+    """The hook points that still carry a (non-permanent) hook."""
+    return [name for name, point in model.hook_dict.items()
+            if any(not handle.is_permanent for handle in point.fwd_hooks) or point._forward_hooks]
+
+
+def expect_no_hooks_left(model, name: str) -> None:
+    """Fail if the student's function left a hook on the model (and take it off, so later checks run clean).
+
+    Notebooks 02 and 03 use it. Under the grader the student's kernel takes left-over hooks off after each call,
+    so only the notebook's check can see one."""
+    __tracebackhide__ = True
+    left = _hooks_left(model)
+    if left:
+        model.reset_hooks()
+        for point in model.hook_dict.values():
+            point._forward_hooks.clear()
+        raise CheckFailed(
+            f"a hook stayed on the model after `{name}` returned (on {left[0]}), so every later run would carry your "
+            "patch too: attach it for one run only, with model.run_with_hooks(...) or `with model.hooks(...)`, or "
+            "call model.reset_hooks() after the run"
+        )

@@ -19,10 +19,9 @@ from transformers import PreTrainedTokenizerBase
 from mikit import core, patching
 from mikit import ioi as ref
 from mikit.checks import (
-    CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, hook_point,
-    offline_model, passed, reveal, seeded, size,
+    CheckFailed, Exercise, call_student, expect_close, expect_number, expect_no_hooks_left, expect_tensor, hidden,
+    hook_point, offline_model, passed, reveal, seeded, size,
 )
-from mikit.checks.patching import expect_no_hooks_left
 from mikit.core import Head
 from mikit.datasets.ioi import IOIDataset
 from mikit.hidden import recipe

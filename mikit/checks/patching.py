@@ -23,8 +23,8 @@ from mikit import core
 from mikit import patching as ref
 from mikit.core import Head
 from mikit.checks import (
-    CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, hook_point, passed,
-    reject_known_mistakes, reveal, seeded, size,
+    CheckFailed, Exercise, call_student, expect_close, expect_number, expect_no_hooks_left, expect_tensor, hidden,
+    hook_point, passed, reject_known_mistakes, reveal, seeded, size,
 )
 from mikit.hidden import recipe
 
@@ -107,30 +107,6 @@ def _run_hook(fn: Callable, name: str, activation: Tensor, *args: Any) -> Tensor
     __tracebackhide__ = True
     out = call_student(fn, name, activation, *args)
     return activation if out is None else out
-
-
-def _hooks_left(model: HookedTransformer) -> list[str]:
-    """The hook points that still carry a (non-permanent) hook."""
-    return [name for name, point in model.hook_dict.items()
-            if any(not handle.is_permanent for handle in point.fwd_hooks) or point._forward_hooks]
-
-
-def expect_no_hooks_left(model: HookedTransformer, name: str) -> None:
-    """Fail if the student's function left a hook on the model (and take it off, so later checks run clean).
-
-    Notebook 02's checks use it too. Under the grader the student's kernel takes left-over hooks off after each call,
-    so only the notebook's check can see one."""
-    __tracebackhide__ = True
-    left = _hooks_left(model)
-    if left:
-        model.reset_hooks()
-        for point in model.hook_dict.values():
-            point._forward_hooks.clear()
-        raise CheckFailed(
-            f"a hook stayed on the model after `{name}` returned (on {left[0]}), so every later run would carry your "
-            "patch too: attach it for one run only, with model.run_with_hooks(...) or `with model.hooks(...)`, or "
-            "call model.reset_hooks() after the run"
-        )
 
 
 def _patched_metric(model: HookedTransformer, tokens: Tensor, hooks: list, metric: Callable | None = None) -> float:
