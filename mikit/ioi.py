@@ -107,14 +107,6 @@ def classify_heads(
     return classes
 
 
-def patch_head_hook(
-    z: Float[Tensor, "batch pos head d_head"], hook: HookPoint, head: int, clean_z: Float[Tensor, "batch pos head d_head"]
-) -> Float[Tensor, "batch pos head d_head"]:
-    """Replace one head's output `z` (all positions) with its value in the clean run."""
-    z[:, :, head] = clean_z[:, :, head]
-    return z
-
-
 def end_logit_diff(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], ds: IOIDataset) -> Tensor:
     """Mean logit difference from the final residual stream, unembedding only END and only the two names."""
     batch = torch.arange(len(ds), device=resid.device)
@@ -133,22 +125,15 @@ def layer_patching(
 
 def head_patching(
     model: HookedTransformer, ds: IOIDataset, clean_cache: ActivationCache, corrupted_cache: ActivationCache,
-    layers: Iterable[int], hook: Callable = patch_head_hook,
+    layers: Iterable[int],
 ) -> Float[Tensor, "layer head"]:
-    """Mean logit diff when one head gets its clean output in the corrupted run (NaN for layers not swept).
-
-    `hook(z, hook_point, head, clean_z)` patches one head, so a student's hook can drive the sweep.
-    """
+    """Mean logit diff when one head gets its clean output in the corrupted run (NaN for layers not swept)."""
     layers = list(layers)
     metric = lambda resid: end_logit_diff(model, resid, ds)  # noqa: E731
-    patches = [(get_act_name("z", layer), (head,)) for layer in layers for head in range(model.cfg.n_heads)]
+    patches = [(get_act_name("z", layer), (slice(None), head)) for layer in layers for head in range(model.cfg.n_heads)]
     results = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
-    def setter(z: Tensor, hook_point: HookPoint, index: tuple, clean_z: Tensor) -> Tensor:
-        patched = hook(z, hook_point, index[0], clean_z)
-        return z if patched is None else patched  # TransformerLens accepts hooks that edit in place
-
     results[layers] = patching.run_patches(
-        model, corrupted_cache, clean_cache, metric, patches, progress=False, setter=setter, metric_input="resid"
+        model, corrupted_cache, clean_cache, metric, patches, progress=False, metric_input="resid"
     ).view(len(layers), model.cfg.n_heads)
     return results
 

@@ -30,7 +30,11 @@ NAMES = sorted(p.name for p in SOLUTIONS.glob("*.ipynb"))
 
 # Cells that compare with GPT-2 small's published results, which random weights cannot reproduce: there a
 # check may fail, but only with its own sentence (CheckFailed), never with a crash.
-PUBLISHED_RESULTS = {"02_ioi.ipynb": ("check.paper_comparison",)}
+PUBLISHED_RESULTS = {"02_ioi.ipynb": ("check.paper_comparison", "check.circuit")}
+# Graded exercises whose bar is a number only a trained model reaches (02's circuit must keep 60 % of GPT-2's
+# logit difference; a random model's difference is noise around zero): the grader may withhold their points, but
+# only with the check's verdict.
+NEEDS_TRAINED_WEIGHTS = {"02_ioi.ipynb": {"circuit": "of the logit difference on unseen prompts"}}
 
 # Installs the stand-ins, then logs every cell's time and error (mikit grade keeps executing after an error).
 PRELUDE = r'''
@@ -106,11 +110,14 @@ def test_solution_runs_in_full_mode_with_full_marks(name, monkeypatch, standin_c
     expected = PUBLISHED_RESULTS.get(name, ())
     errors = [cell for cell in cells if "error" in cell
               and not (cell["error"] == "CheckFailed" and any(cell["cell"].startswith(e) for e in expected))]
-    failed = {gid: g.message for gid, g in report.exercises.items() if g.points < g.max_points}
+    verdicts = NEEDS_TRAINED_WEIGHTS.get(name, {})
+    failed = {gid: g.message for gid, g in report.exercises.items() if g.points < g.max_points
+              and not (gid in verdicts and verdicts[gid] in g.message)}
     assert ran_to_the_end, f"the kernel stopped before the last cell; errors: {errors}"
     assert not errors and not failed, "cells that raised:\n" + "\n".join(
         f"{e['cell']!r}: {e['error']}: {e['message']}" for e in errors) + f"\nchecks failed: {failed}"
-    assert report.total == report.max_total > 0
+    assert report.total == report.max_total - sum(
+        report.exercises[gid].max_points - report.exercises[gid].points for gid in verdicts) > 0
 
 
 @pytest.mark.fullmode

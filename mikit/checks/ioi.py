@@ -458,7 +458,7 @@ EXERCISES = {
     "classify_heads": Exercise(classify_heads, ("classify_heads",), _classify_context, (ref.classify_heads,)),
     "patch_head": Exercise(
         patch_head, ("patch_head",), _tiny,
-        (ref.head_patching, ref.layer_patching, ref.patch_head_hook, patching.run_patches, patching.copy_index,
+        (ref.head_patching, ref.layer_patching, patching.run_patches, patching.copy_index,
          core.normalised_metric),
     ),
     "path_patch_to_queries": Exercise(
