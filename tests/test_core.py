@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mikit"
 LAYERS = {
     "core": ["mikit.core", "mikit.paths"],
     "sources": ["mikit.storage", "mikit.models", "mikit.zoo", "mikit.datasets", "mikit.session"],
-    "techniques": ["mikit.induction", "mikit.ioi", "mikit.patching", "mikit.sae", "mikit.xattn"],
+    "techniques": ["mikit.induction", "mikit.ioi", "mikit.patching", "mikit.sae", "mikit.xattn", "mikit.circuits"],
     "views": ["mikit.viz"],
 }
 

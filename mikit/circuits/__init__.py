@@ -1,0 +1,13 @@
+"""Automated circuit discovery on a HookedTransformer's computational graph (notebook 06).
+
+    from mikit.circuits import Graph, attribute, run_with_edges, source_outputs
+
+    graph = Graph.of(model)                                          # sources, receivers, edges
+    scores = attribute(model, graph, clean, corrupted, metric)       # EAP; steps=10 for EAP-IG
+    patched = run_with_edges(model, graph, clean, source_outputs(model, graph, corrupted), masks, metric)
+"""
+
+from mikit.circuits.edges import Metric, attribute, graph_hooks, run_with_edges, source_outputs
+from mikit.circuits.graph import Graph, Receiver
+
+__all__ = ["Graph", "Metric", "Receiver", "attribute", "graph_hooks", "run_with_edges", "source_outputs"]

@@ -1,0 +1,198 @@
+"""mikit.circuits: the graph, edge patching and edge attribution, against computations done by hand."""
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from mikit.circuits import Graph, attribute, run_with_edges, source_outputs
+from mikit.models import load_model
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_model("attn-only-2l")
+
+
+@pytest.fixture(scope="module")
+def gqa():
+    """A random 3-layer model with MLPs and grouped-query attention: 4 query heads share 2 key/value heads."""
+    cfg = HookedTransformerConfig(n_layers=3, d_model=32, n_heads=4, d_head=8, n_key_value_heads=2, d_mlp=64,
+                                  n_ctx=16, d_vocab=50, act_fn="gelu", normalization_type="LN", seed=3)
+    return HookedTransformer(cfg).eval()
+
+
+def prompts(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, model.cfg.d_vocab, (3, 10), generator=g),
+            torch.randint(0, model.cfg.d_vocab, (3, 10), generator=g))
+
+
+def answer_logprob(clean):
+    """The clean prompts' last token, predicted at the position before it: a smooth metric of the logits."""
+    def metric(logits):
+        return logits[:, -2].log_softmax(-1)[torch.arange(len(logits)), clean[:, -1]].mean()
+    return metric
+
+
+def head_out(model, cache, layer, head):
+    return cache["z", layer][:, :, head] @ model.W_O[layer, head]
+
+
+def test_graph_of_attn_only_2l_names_every_edge_once(toy):
+    graph = Graph.of(toy)
+    assert graph.sources == ["input"] + [f"a{l}.h{h}" for l in range(2) for h in range(4)]
+    # layer 0: 12 q/k/v receivers read the input; layer 1: 12 read 5 sources; the logits read all 9
+    assert graph.n_edges == 12 * 1 + 12 * 5 + 9 == len(set(graph.edge_names))
+    assert graph.edge_names[graph.edge_index("a0.h1", "a1.h2<k>")] == "a0.h1->a1.h2<k>"
+    with pytest.raises(ValueError, match="there is no edge a1.h0 -> a1.h2<k>"):
+        graph.edge_index("a1.h0", "a1.h2<k>")  # a head does not read its own layer
+
+
+def test_graph_of_a_grouped_query_model_has_one_key_and_value_receiver_per_group(gqa):
+    graph = Graph.of(gqa)
+    assert "a1.kv1<k>" in graph.receiver_names and "a1.h1<k>" not in graph.receiver_names
+    assert sum(name.startswith("a0.") and name.endswith("<v>") for name in graph.receiver_names) == 2
+    assert graph.sources[:7] == ["input", "a0.h0", "a0.h1", "a0.h2", "a0.h3", "m0", "a1.h0"]
+    assert graph.edge_index("a0.h3", "m0") < graph.edge_index("input", "a1.h0<q>")  # MLP 0 reads layer 0's heads
+    # every source feeds the logits; the MLP of the last layer reads every head before it
+    assert graph.receivers[-1].n_sources == len(graph.sources) == 1 + 3 * 5
+
+
+@pytest.mark.parametrize("name", ["toy", "gqa"])
+def test_every_edge_kept_is_the_clean_run_and_none_kept_the_corrupted_one(name, request):
+    model = request.getfixturevalue(name)
+    graph, (clean, corrupted) = Graph.of(model), prompts(model)
+    metric = answer_logprob(clean)
+    both = run_with_edges(model, graph, clean, source_outputs(model, graph, corrupted),
+                          torch.stack([graph.mask(), ~graph.mask()]), metric)
+    with torch.no_grad():
+        assert both[0].item() == pytest.approx(metric(model(clean)).item(), abs=1e-4)
+        assert both[1].item() == pytest.approx(metric(model(corrupted)).item(), abs=1e-4)
+    assert not model.cfg.use_split_qkv_input  # the graph's hook points are off again
+
+
+def test_one_edge_patched_equals_the_patch_by_hand(toy):
+    graph, (clean, corrupted) = Graph.of(toy), prompts(toy)
+    metric = answer_logprob(clean)
+    with torch.no_grad():
+        _, clean_cache = toy.run_with_cache(clean)
+        _, corrupted_cache = toy.run_with_cache(corrupted)
+        delta = head_out(toy, corrupted_cache, 0, 1) - head_out(toy, clean_cache, 0, 1)
+
+        def into_key(resid, hook):  # only head 2 of layer 1 reads a0.h1's corrupted output, in its key
+            return resid + torch.nn.functional.pad(delta[:, :, None], (0, 0, 2, 1))
+
+        toy.set_use_split_qkv_input(True)
+        try:
+            by_hand_key = metric(toy.run_with_hooks(clean, fwd_hooks=[("blocks.1.hook_k_input", into_key)])).item()
+        finally:
+            toy.set_use_split_qkv_input(False)
+        # a0.h1 -> logits: layer 1 still reads the clean output, the unembedding the corrupted one
+        by_hand_logits = metric(toy.run_with_hooks(
+            clean, fwd_hooks=[("blocks.1.hook_resid_post", lambda resid, hook: resid + delta)])).item()
+    sets = torch.stack([graph.mask(), graph.mask(), graph.mask()])
+    sets[0, graph.edge_index("a0.h1", "a1.h2<k>")] = False
+    sets[1, graph.edge_index("a0.h1", "logits")] = False
+    got = run_with_edges(toy, graph, clean, source_outputs(toy, graph, corrupted), sets, metric)
+    assert got[0].item() == pytest.approx(by_hand_key, abs=1e-4)
+    assert got[1].item() == pytest.approx(by_hand_logits, abs=1e-4)
+    assert by_hand_key != pytest.approx(got[2].item(), abs=1e-3)  # the patch changed something
+    alone = run_with_edges(toy, graph, clean, source_outputs(toy, graph, corrupted), sets[1], metric)
+    assert alone.item() == pytest.approx(got[1].item(), abs=1e-5)  # a set does not depend on its batch mates
+
+
+def test_a_key_value_edge_of_a_grouped_model_patches_the_whole_group(gqa):
+    graph, (clean, corrupted) = Graph.of(gqa), prompts(gqa)
+    metric = answer_logprob(clean)
+    with torch.no_grad():
+        _, clean_cache = gqa.run_with_cache(clean)
+        _, corrupted_cache = gqa.run_with_cache(corrupted)
+        delta = corrupted_cache["mlp_out", 0] - clean_cache["mlp_out", 0]
+        gqa.set_use_split_qkv_input(True)
+        try:  # value head 1 of layer 2 (query heads 2 and 3 read it) gets MLP 0's corrupted output
+            by_hand = metric(gqa.run_with_hooks(clean, fwd_hooks=[(
+                "blocks.2.hook_v_input", lambda v, hook: v + torch.nn.functional.pad(delta[:, :, None], (0, 0, 1, 0)))])).item()
+        finally:
+            gqa.set_use_split_qkv_input(False)
+    mask = graph.mask()
+    mask[graph.edge_index("m0", "a2.kv1<v>")] = False
+    got = run_with_edges(gqa, graph, clean, source_outputs(gqa, graph, corrupted), mask, metric)
+    assert got.item() == pytest.approx(by_hand, abs=1e-4)
+
+
+def hand_gradients(model, tokens, metric, hook, embed=None):
+    """∂metric/∂(the activation at `hook`), with the graph's split inputs on; `embed` replaces the embeddings."""
+    kept = {}
+
+    def keep(activation, hook):
+        activation.retain_grad()
+        kept["x"] = activation
+
+    hooks = [(hook, keep)]
+    if embed is not None:
+        hooks.insert(0, ("blocks.0.hook_resid_pre", lambda resid, hook: embed.clone().requires_grad_()))
+    model.set_use_split_qkv_input(True)
+    try:
+        with torch.enable_grad():
+            metric(model.run_with_hooks(tokens, fwd_hooks=hooks)).backward()
+    finally:
+        model.set_use_split_qkv_input(False)
+        model.zero_grad(set_to_none=True)
+    return kept["x"].grad
+
+
+def test_eap_is_the_gradient_formula_and_eap_ig_averages_it_along_the_path(toy):
+    graph, (clean, corrupted) = Graph.of(toy), prompts(toy)
+    metric = answer_logprob(clean)
+    with torch.no_grad():
+        _, clean_cache = toy.run_with_cache(clean)
+        _, corrupted_cache = toy.run_with_cache(corrupted)
+    delta = head_out(toy, corrupted_cache, 0, 3) - head_out(toy, clean_cache, 0, 3)
+    edge = graph.edge_index("a0.h3", "a1.h0<q>")
+    grad = hand_gradients(toy, clean, metric, "blocks.1.hook_q_input")[:, :, 0]
+    eap = attribute(toy, graph, clean, corrupted, metric)
+    assert eap[edge].item() == pytest.approx((delta * grad).sum().item(), rel=1e-4, abs=1e-6)
+    # input -> logits: the gradient at the last residual stream, times the embeddings' difference
+    embed_delta = corrupted_cache["resid_pre", 0] - clean_cache["resid_pre", 0]
+    grad_end = hand_gradients(toy, clean, metric, "blocks.1.hook_resid_post")
+    assert eap[graph.edge_index("input", "logits")].item() == pytest.approx(
+        (embed_delta * grad_end).sum().item(), rel=1e-4, abs=1e-6)
+    # EAP-IG, 2 steps: the mean of the gradients at the embeddings halfway and at the clean end
+    halfway = corrupted_cache["resid_pre", 0] + 0.5 * (clean_cache["resid_pre", 0] - corrupted_cache["resid_pre", 0])
+    grad_half = hand_gradients(toy, clean, metric, "blocks.1.hook_q_input", embed=halfway)[:, :, 0]
+    ig = attribute(toy, graph, clean, corrupted, metric, steps=2)
+    assert ig[edge].item() == pytest.approx((delta * (grad + grad_half) / 2).sum().item(), rel=1e-4, abs=1e-6)
+    assert not torch.allclose(ig, eap)
+    assert all(p.grad is None for p in toy.parameters())  # only activations were differentiated
+
+
+def test_eap_ig_tracks_exact_edge_patching_better_than_eap_on_induction(toy):
+    """Repeated random tokens; the corrupted prompts have another first half, so there is nothing to copy. Every
+    one of the 81 edges patched alone (one batch) against the two estimates (as Hanna et al. 2024 find)."""
+    g = torch.Generator().manual_seed(0)
+    first, other = torch.randint(1, toy.cfg.d_vocab, (2, 8, 10), generator=g)
+    clean, corrupted = torch.cat([first, first], 1), torch.cat([other, first], 1)
+
+    def metric(logits):  # log-probability of the repeated half's next tokens
+        return logits[:, 10:-1].log_softmax(-1).gather(-1, clean[:, 11:, None]).mean()
+
+    graph = Graph.of(toy)
+    with torch.no_grad():
+        base = metric(toy(clean)).item()
+    exact = run_with_edges(toy, graph, clean, source_outputs(toy, graph, corrupted),
+                           ~torch.eye(graph.n_edges, dtype=torch.bool), metric) - base
+    eap = attribute(toy, graph, clean, corrupted, metric)
+    ig = attribute(toy, graph, clean, corrupted, metric, steps=10)
+    r_eap, r_ig = (torch.corrcoef(torch.stack([s, exact]))[0, 1].item() for s in (eap, ig))
+    assert r_ig > 0.6 and r_ig > r_eap + 0.1, (r_eap, r_ig)
+
+
+def test_bad_input_is_one_sentence(toy):
+    graph, (clean, corrupted) = Graph.of(toy), prompts(toy)
+    metric = answer_logprob(clean)
+    with pytest.raises(ValueError, match="one entry per edge \\(81\\); it has 80"):
+        run_with_edges(toy, graph, clean, source_outputs(toy, graph, corrupted), torch.ones(80, dtype=torch.bool), metric)
+    with pytest.raises(ValueError, match="same shape"):
+        attribute(toy, graph, clean, corrupted[:, :-1], metric)
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        attribute(toy, graph, clean, corrupted, metric, steps=0)
