@@ -4,7 +4,9 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mikit.circuits import Graph, attribute, run_with_edges, source_outputs
+from mikit.circuits import (
+    Graph, ablated_outputs, acdc, attribute, circuit_size, faithfulness, kl_to_clean, run_with_edges, source_outputs,
+)
 from mikit.models import load_model
 
 
@@ -19,6 +21,39 @@ def gqa():
     cfg = HookedTransformerConfig(n_layers=3, d_model=32, n_heads=4, d_head=8, n_key_value_heads=2, d_mlp=64,
                                   n_ctx=16, d_vocab=50, act_fn="gelu", normalization_type="LN", seed=3)
     return HookedTransformer(cfg).eval()
+
+
+PLANTED = ["input->a0.h0<q>", "input->a0.h0<k>", "input->a0.h0<v>", "input->a1.h0<q>", "input->a1.h0<k>",
+           "a0.h0->a1.h0<v>", "a0.h0->logits", "a1.h0->logits"]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A 2-layer attention-only model whose circuit is PLANTED, by subspaces of a 12-dimensional residual stream:
+    the embeddings write to A; a0.h0 reads A and writes B; a1.h0 reads A for its query and key, B for its
+    values, and writes C; the unembedding reads B and C. Head 1 of each layer reads everything, writes nothing.
+    No layer norm and no biases, so an edge outside the circuit changes nothing at all."""
+    cfg = HookedTransformerConfig(n_layers=2, d_model=12, n_heads=2, d_head=4, n_ctx=16, d_vocab=20,
+                                  attn_only=True, normalization_type=None, act_fn="relu", seed=0)
+    model = HookedTransformer(cfg).eval()
+    a, b, c = slice(0, 4), slice(4, 8), slice(8, 12)
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.embed.W_E[:, a] = r(20, 4)
+        for layer, reads, values, writes in [(0, a, a, b), (1, a, b, c)]:
+            attn = model.blocks[layer].attn
+            attn.W_Q[0][reads], attn.W_K[0][reads], attn.W_V[0][values] = r(4, 4), r(4, 4), r(4, 4)
+            attn.W_O[0][:, writes] = r(4, 4)
+            for weight in (attn.W_Q, attn.W_K, attn.W_V):
+                weight[1] = r(12, 4)
+        model.unembed.W_U[b], model.unembed.W_U[c] = r(4, 20), r(4, 20)
+    return model
 
 
 def prompts(model, seed=0):
@@ -187,6 +222,77 @@ def test_eap_ig_tracks_exact_edge_patching_better_than_eap_on_induction(toy):
     assert r_ig > 0.6 and r_ig > r_eap + 0.1, (r_eap, r_ig)
 
 
+def test_acdc_finds_exactly_the_planted_circuit(planted):
+    graph, (clean, corrupted) = Graph.of(planted), prompts(planted)
+    with torch.no_grad():
+        metric = kl_to_clean(planted(clean))
+    corrupted_out = ablated_outputs(planted, graph, corrupted)
+    effects = run_with_edges(planted, graph, clean, corrupted_out, ~torch.eye(graph.n_edges, dtype=torch.bool), metric)
+    assert [graph.edge_names[i] for i in effects.nonzero().flatten()] == PLANTED  # the fixture is what it says
+    kept = acdc(planted, graph, clean, corrupted_out, metric, threshold=1e-6, progress=False)
+    assert [graph.edge_names[i] for i in kept.nonzero().flatten()] == PLANTED
+    assert circuit_size(graph, kept) == {"edges": 8, "nodes": 4}  # input, a0.h0, a1.h0, logits
+    # EAP scores every edge outside the circuit exactly 0: the gradients live in other subspaces
+    eap = attribute(planted, graph, clean, corrupted, lambda logits: logits[:, -1].log_softmax(-1)[:, 0].mean())
+    outside = ~graph.mask([tuple(name.split("->")) for name in PLANTED])
+    assert eap[outside].abs().max() < 1e-6 and eap[~outside].abs().min() > 1e-4
+
+
+def sequential_acdc(model, graph, clean, corrupted_out, metric, threshold):
+    """ACDC one question at a time, in acdc's order, without the dangling-node shortcut."""
+    present = graph.mask()
+    current = run_with_edges(model, graph, clean, corrupted_out, present, metric).item()
+    for receiver in reversed(graph.receivers):
+        for s in reversed(range(receiver.n_sources)):
+            for i in range(receiver.n):
+                edge = receiver.first_edge + s * receiver.n + i
+                present[edge] = False
+                value = run_with_edges(model, graph, clean, corrupted_out, present, metric).item()
+                if value - current < threshold:
+                    current = value
+                else:
+                    present[edge] = True
+    return present
+
+
+def test_acdc_asking_speculative_runs_answers_as_one_question_at_a_time(toy):
+    g = torch.Generator().manual_seed(0)
+    first, other = torch.randint(1, toy.cfg.d_vocab, (2, 6, 8), generator=g)
+    clean, corrupted = torch.cat([first, first], 1), torch.cat([other, first], 1)
+    graph = Graph.of(toy)
+    with torch.no_grad():
+        metric = kl_to_clean(toy(clean))
+    corrupted_out = ablated_outputs(toy, graph, corrupted)
+    one_by_one = sequential_acdc(toy, graph, clean, corrupted_out, metric, 0.05)
+    assert 5 < int(one_by_one.sum()) < graph.n_edges - 5  # a threshold where both answers occur
+    for batch_size in (1, 7, 32):
+        kept = acdc(toy, graph, clean, corrupted_out, metric, 0.05, batch_size=batch_size, progress=False)
+        # the dangling-node shortcut removes only edges that change nothing
+        extra = one_by_one & ~kept
+        assert not (kept & ~one_by_one).any()
+        assert all(run_with_edges(toy, graph, clean, corrupted_out, one_by_one & ~graph.mask(
+            [tuple(graph.edge_names[e].split("->"))]), metric).item() == pytest.approx(
+            run_with_edges(toy, graph, clean, corrupted_out, one_by_one, metric).item(), abs=1e-5)
+            for e in extra.nonzero().flatten().tolist())
+
+
+def test_faithfulness_is_1_for_the_whole_graph_and_the_ablated_ratio_for_none(toy):
+    graph, (clean, corrupted) = Graph.of(toy), prompts(toy)
+    metric = answer_logprob(clean)
+    for ablation in ("patch", "mean", "zero"):
+        out = ablated_outputs(toy, graph, corrupted, ablation)
+        assert faithfulness(toy, graph, graph.mask(), clean, out, metric) == pytest.approx(1.0, abs=1e-5)
+        empty = run_with_edges(toy, graph, clean, out, ~graph.mask(), metric).item()
+        with torch.no_grad():
+            whole = metric(toy(clean)).item()
+        assert faithfulness(toy, graph, ~graph.mask(), clean, out, metric) == pytest.approx(empty / whole, rel=1e-5)
+    with torch.no_grad():  # the empty graph with patched edges is the corrupted run
+        corrupted_value = metric(toy(corrupted)).item()
+    patched = ablated_outputs(toy, graph, corrupted, "patch")
+    assert faithfulness(toy, graph, ~graph.mask(), clean, patched, metric) == pytest.approx(
+        corrupted_value / whole, rel=1e-4)
+
+
 def test_bad_input_is_one_sentence(toy):
     graph, (clean, corrupted) = Graph.of(toy), prompts(toy)
     metric = answer_logprob(clean)
@@ -196,3 +302,7 @@ def test_bad_input_is_one_sentence(toy):
         attribute(toy, graph, clean, corrupted[:, :-1], metric)
     with pytest.raises(ValueError, match="steps must be at least 1"):
         attribute(toy, graph, clean, corrupted, metric, steps=0)
+    with pytest.raises(ValueError, match="ablation must be 'patch', 'mean' or 'zero'"):
+        ablated_outputs(toy, graph, corrupted, "resample")
+    with pytest.raises(ValueError, match="threshold .* ≥ 0"):
+        acdc(toy, graph, clean, source_outputs(toy, graph, corrupted), metric, -0.1)

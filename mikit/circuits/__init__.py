@@ -5,9 +5,15 @@
     graph = Graph.of(model)                                          # sources, receivers, edges
     scores = attribute(model, graph, clean, corrupted, metric)       # EAP; steps=10 for EAP-IG
     patched = run_with_edges(model, graph, clean, source_outputs(model, graph, corrupted), masks, metric)
+    kept = acdc(model, graph, clean, ablated_outputs(model, graph, corrupted), kl_to_clean(model(clean)), 0.01)
+    faithfulness(model, graph, kept, clean, ablated_outputs(model, graph, corrupted), task_metric)
 """
 
+from mikit.circuits.discovery import acdc, ablated_outputs, circuit_size, faithfulness, kl_to_clean
 from mikit.circuits.edges import Metric, attribute, graph_hooks, run_with_edges, source_outputs
 from mikit.circuits.graph import Graph, Receiver
 
-__all__ = ["Graph", "Metric", "Receiver", "attribute", "graph_hooks", "run_with_edges", "source_outputs"]
+__all__ = [
+    "Graph", "Metric", "Receiver", "ablated_outputs", "acdc", "attribute", "circuit_size", "faithfulness",
+    "graph_hooks", "kl_to_clean", "run_with_edges", "source_outputs",
+]
