@@ -5,7 +5,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mikit.circuits import (
-    Graph, ablated_outputs, acdc, attribute, circuit_size, faithfulness, kl_to_clean, run_with_edges, source_outputs,
+    Graph, ablated_outputs, acdc, attribute, circuit_size, faithfulness, kl_to_clean, roc, run_with_edges,
+    source_outputs,
 )
 from mikit.models import load_model
 
@@ -236,6 +237,20 @@ def test_acdc_finds_exactly_the_planted_circuit(planted):
     eap = attribute(planted, graph, clean, corrupted, lambda logits: logits[:, -1].log_softmax(-1)[:, 0].mean())
     outside = ~graph.mask([tuple(name.split("->")) for name in PLANTED])
     assert eap[outside].abs().max() < 1e-6 and eap[~outside].abs().min() > 1e-4
+    assert roc(eap.abs(), ~outside)[2] == 1.0
+
+
+def test_roc_area_is_the_trapezoid_area_and_ties_count_half():
+    g = torch.Generator().manual_seed(0)
+    scores, truth = torch.randn(200, generator=g), torch.rand(200, generator=g) < 0.3
+    scores = scores + truth  # informative, not perfect
+    fpr, tpr, auc = roc(scores, truth)
+    assert auc == pytest.approx(torch.trapezoid(tpr, fpr).item(), abs=1e-6) and 0.6 < auc < 0.95
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1) and (fpr.diff() >= 0).all() and (tpr.diff() >= 0).all()
+    assert roc(-scores, truth)[2] == pytest.approx(1 - auc, abs=1e-6)
+    assert roc(torch.ones(4), torch.tensor([True, False, True, False]))[2] == 0.5
+    with pytest.raises(ValueError, match="must hold some edges and leave some out"):
+        roc(scores, torch.ones(200, dtype=torch.bool))
 
 
 def sequential_acdc(model, graph, clean, corrupted_out, metric, threshold):

@@ -9,11 +9,11 @@
     faithfulness(model, graph, kept, clean, ablated_outputs(model, graph, corrupted), task_metric)
 """
 
-from mikit.circuits.discovery import acdc, ablated_outputs, circuit_size, faithfulness, kl_to_clean
+from mikit.circuits.discovery import acdc, ablated_outputs, circuit_size, faithfulness, kl_to_clean, roc
 from mikit.circuits.edges import Metric, attribute, graph_hooks, run_with_edges, source_outputs
 from mikit.circuits.graph import Graph, Receiver
 
 __all__ = [
     "Graph", "Metric", "Receiver", "ablated_outputs", "acdc", "attribute", "circuit_size", "faithfulness",
-    "graph_hooks", "kl_to_clean", "run_with_edges", "source_outputs",
+    "graph_hooks", "kl_to_clean", "roc", "run_with_edges", "source_outputs",
 ]

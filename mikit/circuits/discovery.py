@@ -134,3 +134,22 @@ def circuit_size(graph: Graph, present: Bool[Tensor, "edge"]) -> dict[str, int]:
     sources = graph.source_of(present.nonzero().flatten()).unique()
     return {"edges": int(present.sum()), "nodes": len(sources) + int(present[graph.receivers[-1].edges].any())}
 
+
+
+def roc(scores: Float[Tensor, "edge"], truth: Bool[Tensor, "edge"]) -> tuple[Tensor, Tensor, float]:
+    """The ROC curve of edges ranked by `scores` (larger = more likely in the circuit) against the true circuit:
+    false- and true-positive rates at every cut, and the area under the curve (ties count half)."""
+    truth = torch.as_tensor(truth, dtype=torch.bool)
+    if truth.all() or not truth.any():
+        raise ValueError("the true circuit must hold some edges and leave some out, or there is no curve to draw.")
+    order = torch.argsort(scores.float(), descending=True, stable=True)
+    hits = truth[order].float()
+    tpr = torch.cat([torch.zeros(1), hits.cumsum(0) / hits.sum()])
+    fpr = torch.cat([torch.zeros(1), (1 - hits).cumsum(0) / (1 - hits).sum()])
+    # the area by ranks (Mann-Whitney), which treats tied scores as half above, half below
+    _, inverse, counts = torch.unique(scores.float(), return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts
+    ranks = (first + (counts + 1) / 2)[inverse]
+    n_true, n_false = int(truth.sum()), int((~truth).sum())
+    auc = (ranks[truth].sum() - n_true * (n_true + 1) / 2) / (n_true * n_false)
+    return fpr, tpr, float(auc)
