@@ -9,6 +9,7 @@ has no say in the output any more, so the edges into it go without a question.
 The questions are sequential, each asked of the graph the earlier answers left, but most answers are
 "remove". So `acdc` asks a run of them at once, speculatively: edge set i has the first i candidates
 removed. The answers up to the first "keep" are exactly the sequential ones; the run restarts after it.
+A run doubles in length (up to `batch_size`) after a run of removals and shrinks after an early "keep".
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def acdc(
     def measure(sets: Tensor) -> Tensor:
         return run_with_edges(model, graph, clean_tokens, corrupted, sets, metric)
 
-    current = measure(present).item()
+    current, size = measure(present).item(), 1
     steps = tqdm(total=graph.n_edges, desc="ACDC", disable=not progress)
     for hook_index in reversed(range(len(graph.receivers))):
         receiver = graph.receivers[hook_index]
@@ -100,7 +101,7 @@ def acdc(
                     candidates.append(edge)
         steps.update(receiver.n_sources * receiver.n - len(candidates))
         while candidates:
-            run = torch.tensor(candidates[:batch_size])
+            run = torch.tensor(candidates[:size])
             sets = present.repeat(len(run), 1)
             for i in range(len(run)):
                 sets[i:, run[i]] = False  # set i: the first i + 1 candidates removed
@@ -114,6 +115,8 @@ def acdc(
             done = accepted + (len(kept) > 0)
             candidates = candidates[done:]
             steps.update(done)
+            # the next run as long as the streak of removals suggests: double after a run with no "keep"
+            size = min(batch_size, 2 * size if len(kept) == 0 else max(1, 2 * accepted))
     steps.close()
     return present
 
