@@ -16,6 +16,7 @@ from mikit import hidden
 from mikit.checks import CheckFailed, hidden_variant
 from mikit.checks import sae as check
 from mikit.sae import TopKSAE, metrics
+from mikit.sae.training import train_step
 
 
 @pytest.fixture(params=[0, 1, 2, 3], ids=["notebook", "hidden1", "hidden2", "hidden3"])
@@ -177,26 +178,121 @@ def test_auxk_loss(variant):
     fails(check.auxk_loss, no_relu, match="apply ReLU")
 
 
-# ---- exercise 5: decoder constraint ------------------------------------------------------------------
+# ---- exercise 5: the training step ------------------------------------------------------------------
 
 
-def normalize(W_dec):
-    return W_dec / W_dec.norm(dim=-1, keepdim=True)
+def step(sae, optimizer, x):
+    loss = sae.forward_with_loss(x).loss
+    loss.backward()
+    W_dec = sae.W_dec
+    with torch.no_grad():
+        unit = W_dec / W_dec.norm(dim=-1, keepdim=True)
+        W_dec.grad -= (W_dec.grad * unit).sum(-1, keepdim=True) * unit
+    optimizer.step()
+    with torch.no_grad():
+        W_dec /= W_dec.norm(dim=-1, keepdim=True)
+    optimizer.zero_grad()
+    return loss.item()
 
 
-def remove_parallel(W_dec, grad):
-    unit = normalize(W_dec)
-    return grad - (grad * unit).sum(-1, keepdim=True) * unit
+def step_with(*, project=True, project_after=False, project_dim=-1, keep_parallel=False, unit_rows=False, normalise="after",
+              norm_dim=-1, zero=True, use_mse=False, returned="float", edit_x=False, replace_W_dec=False):
+    """The step written with one mistake (each keyword says which)."""
+
+    def project_grad(W_dec):
+        with torch.no_grad():
+            unit = W_dec if unit_rows else W_dec / W_dec.norm(dim=-1, keepdim=True)
+            parallel = (W_dec.grad * unit).sum(project_dim, keepdim=True) * unit
+            if keep_parallel:
+                W_dec.grad.copy_(parallel)
+            else:
+                W_dec.grad -= parallel
+
+    def renormalise(W_dec):
+        with torch.no_grad():
+            W_dec /= W_dec.norm() if norm_dim is None else W_dec.norm(dim=norm_dim, keepdim=True)
+
+    def wrong(sae, optimizer, x):
+        if normalise == "start":
+            renormalise(sae.W_dec)
+        if edit_x:  # centred in place, which centres the caller's batch too
+            x -= sae.b_dec.detach()
+            out = sae.forward_with_loss(x + sae.b_dec.detach())
+        else:
+            out = sae.forward_with_loss(x)
+        loss = out.mse if use_mse else out.loss
+        loss.backward()
+        if project and not project_after:
+            project_grad(sae.W_dec)
+        if normalise == "before_step":
+            renormalise(sae.W_dec)
+        optimizer.step()
+        if project and project_after:
+            project_grad(sae.W_dec)
+        if normalise == "after":
+            if replace_W_dec:
+                sae.W_dec = torch.nn.Parameter(sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True))
+            else:
+                renormalise(sae.W_dec)
+        if zero:
+            optimizer.zero_grad()
+        if returned == "tensor":
+            return out.loss
+        if returned == "detached":
+            return out.loss.detach()
+        if returned == "after":
+            with torch.no_grad():
+                return sae.forward_with_loss(x).loss.item()
+        return out.loss.item()
+
+    return wrong
 
 
-def test_decoder_constraint(variant):
-    check.decoder_constraint(normalize, remove_parallel)
-    fails(check.decoder_constraint, lambda W: W / W.norm(dim=0, keepdim=True), remove_parallel, match="normalised columns")
-    fails(check.decoder_constraint, lambda W: W / W.norm(), remove_parallel, match="whole matrix")
-    fails(check.decoder_constraint, normalize, lambda W, g: g, match="unchanged")
-    fails(check.decoder_constraint, normalize, lambda W, g: (g * W).sum(-1, keepdim=True) * W, match="kept the parallel")
-    fails(check.decoder_constraint, normalize, lambda W, g: g - (g * W).sum(-1, keepdim=True) * W, match="not unit-norm")
-    fails(check.decoder_constraint, normalize, lambda W, g: g - (g * W).sum(0, keepdim=True) * W, match="summed over latents")
+def test_training_step(variant):
+    check.training_step(step)
+    fails(check.training_step, step_with(project=False), match="component along each row still in it")
+    fails(check.training_step, step_with(project_after=True), match="component along each row still in it")
+    fails(check.training_step, step_with(keep_parallel=True), match="kept only the gradient's component")
+    fails(check.training_step, step_with(project_dim=0), match="sums over latents")
+    fails(check.training_step, step_with(unit_rows=True), match="takes the rows for unit vectors")
+    fails(check.training_step, step_with(normalise="none"), match="drift off unit norm")
+    fails(check.training_step, step_with(normalise="before_step"), match="before optimizer.step()")
+    fails(check.training_step, step_with(normalise="start"), match="not unit-norm when your step returns")
+    fails(check.training_step, step_with(norm_dim=0), match="normalised the columns")
+    fails(check.training_step, step_with(norm_dim=None), match="norm of the whole matrix")
+    fails(check.training_step, step_with(zero=False), match="pile up")
+    fails(check.training_step, step_with(use_mse=True), match="reconstruction error alone")
+    fails(check.training_step, step_with(returned="tensor"), match="returned a tensor")
+    fails(check.training_step, step_with(returned="detached"), match="returned a tensor")
+    fails(check.training_step, step_with(returned="after"), match="loss after the update")
+    fails(check.training_step, step_with(edit_x=True), match="changed x in place")
+    fails(check.training_step, step_with(replace_W_dec=True), match="replaced sae.W_dec")
+    fails(check.training_step, lambda sae, optimizer, x: step(sae, optimizer, x) > 0, match="float")
+
+    def renormalised_data_over_dim0(sae, optimizer, x):
+        loss = sae.forward_with_loss(x).loss
+        loss.backward()
+        with torch.no_grad():
+            unit = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True)
+            sae.W_dec.grad -= (sae.W_dec.grad * unit).sum(-1, keepdim=True) * unit
+        optimizer.step()
+        sae.W_dec.data = sae.W_dec.data / sae.W_dec.data.norm(dim=0, keepdim=True)
+        optimizer.zero_grad()
+        return loss.item()
+
+    fails(check.training_step, renormalised_data_over_dim0, match="normalised the columns")
+
+
+def test_the_training_case_separates_the_mistakes_through_the_losses_alone(variant):
+    """All the grader sees are the losses: each mistake must move them well past the tolerance."""
+    for architecture, seed, d_sae in [("topk", 14, check.D_SAE), ("relu", 15, check.D_SAE // 2)]:
+        sae, optimizer = check.training_case(check._seed(seed), check.size(check.D_IN), check.size(d_sae, 4), architecture)
+        xs = check._training_batches(sae, seed + 10)
+        want = check._losses(check._reference_step, (sae, optimizer), xs)
+        for mistake, message in check._TRAINING_MISTAKES:
+            losses = check._losses(mistake, (sae, optimizer), xs)
+            gap = max(abs(a - b) / (1e-4 + 1e-3 * abs(b)) for a, b in zip(losses, want))
+            assert gap > 5, (architecture, message, gap)
 
 
 # ---- exercise 6: metrics ------------------------------------------------------------------------------
@@ -375,7 +471,7 @@ REFERENCE = {  # grade_id -> the reference implementation of each name the check
     "relu_sae_loss": (loss,),
     "topk_sae_forward": (topk_forward,),
     "auxk_loss": (auxk,),
-    "decoder_constraint": (normalize, remove_parallel),
+    "training_step": (step,),
     "metrics": (count_l0, unexplained, ce_recovered),
     "dead_latents": (dead,),
     "max_activating_examples": (examples,),
@@ -420,6 +516,19 @@ def test_an_in_place_clamp_hook_is_graded_through_the_wire(wire):
         wire("clamp_latent_hook", lambda activation, hook, sae, latent, value: None)
 
 
+def test_training_steps_are_judged_through_the_wire_by_their_losses(wire):
+    """Under the grader the student's SAE stays in their kernel: the losses each call returns carry the verdict."""
+    wire("training_step", alternatives.training_step__zero_first_in_place_projection)
+    for wrong, match in [(step_with(project=False), "component along each row still in it"),
+                         (step_with(normalise="none"), "drift off unit norm"), (step_with(zero=False), "pile up"),
+                         (step_with(norm_dim=0), "normalised the columns"), (step_with(returned="tensor"), "returned a tensor"),
+                         (step_with(edit_x=True), "changed x in place"), (step_with(use_mse=True), "reconstruction error alone"),
+                         (step_with(normalise="start"), "not unit-norm when your step returns"),
+                         (step_with(normalise="before_step"), "before optimizer.step()")]:
+        with pytest.raises(CheckFailed, match=match):
+            wire("training_step", wrong)
+
+
 def test_the_clamp_sae_is_rebuilt_identically():
     with hidden.active(), hidden_variant(2):
         sae, latent, x = check._clamp_case()
@@ -437,6 +546,10 @@ def test_calling_the_reference_scores_zero(wire):
     with pytest.raises(CheckFailed, match="calls the reference `mikit.sae.architectures.TopKSAE.activation`"):
         wire("topk_sae_forward", lambda x, We, be, Wd, bd, k: (
             TopKSAE(4, We.shape[1], k=k).activation((x - bd) @ We + be), topk_forward(x, We, be, Wd, bd, k)[1]))
+    with pytest.raises(CheckFailed, match="calls the reference `mikit.sae.training.train_step`"):
+        wire("training_step", lambda sae, optimizer, x: train_step(sae, optimizer, x).loss.item())
+    with pytest.raises(CheckFailed, match="calls the reference `mikit.sae.architectures.SAE.normalize_decoder_`"):
+        wire("training_step", lambda sae, optimizer, x: (step(sae, optimizer, x), sae.normalize_decoder_())[0])
     wire("dead_latents", lambda sae, x, b: metrics.fire_counts(sae.encode(x)) == 0)  # helpers the text allows
     wire("clamp_latent_hook", clamp)  # sae.encode is what the text asks for
 

@@ -6,7 +6,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mikit.sae import TopKSAE, metrics
 from mikit.sae.evaluation import evaluate, splice_hook
-from mikit.sae.training import ActivationBuffer, CachedActivations, fold_input_scale_, input_scale, train_sae
+from mikit.sae.training import (
+    ActivationBuffer, CachedActivations, fold_input_scale_, input_scale, train_sae, train_step,
+)
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -58,6 +60,36 @@ def test_folding_the_input_scale_keeps_latents_and_reconstructs_raw_inputs():
     fold_input_scale_(sae, scale)
     torch.testing.assert_close(sae.encode(x), latents, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(sae(x), reconstruction, atol=1e-4, rtol=1e-4)
+
+
+def test_train_step_is_the_constrained_adam_step():
+    """Against the step written out with plain tensors: Adam on the loss's gradient with each decoder row's
+    parallel component removed, then rows renormalised. Without the projection Adam lands elsewhere."""
+    import copy
+
+    torch.manual_seed(0)
+    sae, x = TopKSAE(8, 16, k=4), torch.randn(32, 8)
+    by_hand, unprojected = copy.deepcopy(sae), copy.deepcopy(sae)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for step in range(3):
+        out = train_step(sae, optimizer, x)
+        assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(16), atol=1e-6)
+        assert all(p.grad is None for p in sae.parameters())
+    for model, project in ((by_hand, True), (unprojected, False)):
+        adam = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for step in range(3):
+            model.forward_with_loss(x).loss.backward()
+            if project:
+                unit = model.W_dec.detach() / model.W_dec.detach().norm(dim=-1, keepdim=True)
+                model.W_dec.grad -= (model.W_dec.grad * unit).sum(-1, keepdim=True) * unit
+            adam.step()
+            adam.zero_grad()
+            with torch.no_grad():
+                model.W_dec /= model.W_dec.norm(dim=-1, keepdim=True)
+    assert out.loss.item() > 0
+    for name, weight in sae.state_dict().items():
+        torch.testing.assert_close(weight, by_hand.state_dict()[name], msg=name)
+    assert not torch.allclose(sae.W_dec, unprojected.W_dec, atol=1e-4)
 
 
 def test_training_on_model_activations_explains_most_variance(model, rows):

@@ -8,6 +8,8 @@ recipe, so the grader and the kernel hold the same weights.
 
 from __future__ import annotations
 
+import copy
+from functools import partial
 from typing import Callable
 
 import torch
@@ -17,8 +19,9 @@ from mikit.checks import (
     CheckFailed, Exercise, call_student, expect_close, expect_number, expect_tensor, hidden, hook_point, passed,
     reject_known_mistakes, reveal, seeded, size,
 )
-from mikit.hidden import recipe
+from mikit.hidden import RemoteFunction, recipe
 from mikit.sae import SAE, ReLUSAE, TopKSAE, metrics
+from mikit.sae.training import train_step
 
 D_IN, D_SAE = 8, 32  # the notebook's sizes; hidden tests add to them (`_dims`)
 
@@ -222,35 +225,225 @@ def auxk_loss(fn: Callable) -> None:
     passed(name, reveal(f"{got:.4f}"))
 
 
-def decoder_constraint(normalize_decoder: Callable, remove_parallel_gradient: Callable) -> None:
-    """Exercise 5: unit-norm decoder rows, and the gradient with each row's parallel component removed."""
+# Five calls: each loss is measured on what the previous calls left (rows off the sphere, gradients that pile
+# up), so that the losses alone, all the grader sees, tell the mistakes below from the reference. The
+# learning rate is large for the same reason.
+TRAIN_STEPS, TRAIN_LR = 5, 0.1
+
+
+@recipe
+def training_case(seed: int, d_in: int, d_sae: int, architecture: str) -> tuple[SAE, torch.optim.Adam]:
+    """An SAE in training mode (an untied encoder, nonzero biases) and its Adam optimiser.
+
+    The decoder rows start at norms between 0.5 and 2, so that renormalising before or after the step, or not at
+    all, already differ at the first call, and a projection that takes the rows for unit vectors shows. A TopK
+    latent counts as dead after one step without firing, so AuxK joins the loss from the second step; the ReLU
+    SAE's L1 penalty reads the decoder norms. Adam's eps is 1e-3 (not 1e-8): its first steps are then not
+    sign(gradient), which rounding in two correct ways of projecting a near-zero gradient could flip.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if architecture == "topk":
+        sae: SAE = TopKSAE(d_in, d_sae, k=3, aux_coefficient=1.0, dead_steps_threshold=1)
+    else:
+        sae = ReLUSAE(d_in, d_sae, l1_coefficient=1.0)
+    with torch.no_grad():
+        W_dec = torch.randn(d_sae, d_in, generator=generator)
+        norms = 0.5 + 1.5 * torch.rand(d_sae, 1, generator=generator)
+        sae.W_dec.copy_(W_dec / W_dec.norm(dim=-1, keepdim=True) * norms)
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=generator) * 0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=generator) * 0.2)
+        sae.b_dec.copy_(torch.randn(d_in, generator=generator))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=TRAIN_LR, eps=1e-3)
+    return sae.train(), optimizer
+
+
+def _training_batches(sae: SAE, seed: int) -> list[Tensor]:
+    generator = seeded(seed)
+    return [sae.b_dec.detach() + 2 * torch.randn(size(16), sae.d_in, generator=generator) for _ in range(TRAIN_STEPS)]
+
+
+def _step_variant(
+    sae: SAE, optimizer: torch.optim.Optimizer, x: Tensor, *, project: str = "rows", normalise: str = "rows",
+    zero: bool = True, loss: str = "loss", report: str = "trained",
+) -> float:
+    """A training step with one known mistake (the keyword that differs from its default names it)."""
+    W = sae.W_dec
+    out = sae.forward_with_loss(x)
+    (out.mse if loss == "mse" else out.loss).backward()
+    with torch.no_grad():
+        unit = W / W.norm(dim=-1, keepdim=True)
+        if project == "rows":
+            W.grad -= (W.grad * unit).sum(-1, keepdim=True) * unit
+        elif project == "latents":  # the dot product summed over the latent axis
+            W.grad -= (W.grad * unit).sum(0, keepdim=True) * unit
+        elif project == "parallel":  # kept the parallel part instead of removing it
+            W.grad.copy_((W.grad * unit).sum(-1, keepdim=True) * unit)
+        elif project == "unnormalised":  # the rows taken for unit vectors
+            W.grad -= (W.grad * W).sum(-1, keepdim=True) * W
+        if normalise == "before_step":
+            W.div_(W.norm(dim=-1, keepdim=True))
+    optimizer.step()
+    if zero:
+        optimizer.zero_grad()
+    with torch.no_grad():
+        if normalise == "rows":
+            W.div_(W.norm(dim=-1, keepdim=True))
+        elif normalise == "columns":
+            W.div_(W.norm(dim=0, keepdim=True))
+        elif normalise == "matrix":
+            W.div_(W.norm())
+    if report == "after":
+        with torch.no_grad():
+            return sae.forward_with_loss(x).loss.item()
+    return out.loss.item()
+
+
+def _renormalise_first(sae: SAE, optimizer: torch.optim.Optimizer, x: Tensor) -> float:
+    """The rows renormalised at the start of each step rather than after the optimiser's step."""
+    sae.normalize_decoder_()
+    return _step_variant(sae, optimizer, x, normalise="none")
+
+
+def _without_zeroing(sae: SAE, optimizer: torch.optim.Optimizer, x: Tensor) -> float:
+    """The gradients left in the SAE after the step (the next backward adds to them)."""
+    return _step_variant(sae, optimizer, x, zero=False)
+
+
+def _reference_step(sae: SAE, optimizer: torch.optim.Optimizer, x: Tensor) -> float:
+    return train_step(sae, optimizer, x).loss.item()
+
+
+_TRAINING_MISTAKES: list[tuple[Callable, str]] = [
+    (partial(_step_variant, project="none"),
+     "optimizer.step() saw W_dec.grad with its component along each row still in it: remove that component after "
+     "loss.backward() and before optimizer.step() (once the step is taken, editing the gradient changes nothing)"),
+    (partial(_step_variant, project="parallel"),
+     "you kept only the gradient's component along each row: subtract it from W_dec.grad instead, g − (g · u) u"),
+    (partial(_step_variant, project="unnormalised"),
+     "your projection takes the rows for unit vectors: divide each row by its norm first, u = W_dec[i] / ‖W_dec[i]‖ "
+     "(rows are off unit norm after every optimiser step, and here from the start)"),
+    (partial(_step_variant, project="latents"),
+     "your gradient projection sums over latents: take each row's dot product with its own unit row, over d_in (dim=-1)"),
+    (partial(_step_variant, normalise="none"),
+     "the decoder rows drift off unit norm: renormalise every row of W_dec after optimizer.step()"),
+    (partial(_step_variant, normalise="before_step"),
+     "you renormalised the rows before optimizer.step(), which moves them off the unit sphere again: renormalise after it"),
+    (_renormalise_first,
+     "the rows are not unit-norm when your step returns (you renormalised before the forward pass?): renormalise "
+     "after optimizer.step(), so that the SAE the loop ends with has unit rows"),
+    (partial(_step_variant, normalise="columns"),
+     "you normalised the columns of W_dec: each row W_dec[i] is a latent's direction, so take the norm over d_in (dim=-1)"),
+    (partial(_step_variant, normalise="matrix"),
+     "you divided W_dec by the norm of the whole matrix: renormalise each row separately (the norm over dim=-1)"),
+    (_without_zeroing,
+     "the gradients pile up from one call to the next: zero them in every step (optimizer.zero_grad()), or each step "
+     "also applies all the previous batches' gradients again"),
+    (partial(_step_variant, loss="mse"),
+     "you trained on the reconstruction error alone: backpropagate forward_with_loss(x).loss, which adds the "
+     "architecture's sparsity or auxiliary term"),
+    (partial(_step_variant, report="after"),
+     "you returned the loss after the update: return the loss of the forward pass the step trained on"),
+]
+
+
+def _copy(state: tuple[SAE, torch.optim.Optimizer], gradients: bool = True) -> tuple[SAE, torch.optim.Optimizer]:
+    """A copy of an SAE and its optimiser, with or without the gradients left in the SAE (deepcopy drops them)."""
+    copied = copy.deepcopy(state)
+    for parameter, original in zip(copied[0].parameters(), state[0].parameters()):
+        parameter.grad = None if original.grad is None or not gradients else original.grad.clone()
+    return copied
+
+
+def _parameters(sae: SAE) -> Tensor:
+    return torch.cat([p.detach().flatten() for p in sae.parameters()])
+
+
+def _losses(step: Callable, start: tuple[SAE, torch.optim.Optimizer], xs: list[Tensor]) -> list[float]:
+    """The losses `step` returns over the batches `xs`, run on a copy of `start`."""
+    sae, optimizer = copy.deepcopy(start)
+    return [float(step(sae, optimizer, x.clone())) for x in xs]
+
+
+def _outcome(loss: float, sae: SAE) -> Tensor:
+    """What a call leaves that the check can see in process: the loss it returned, then the SAE's parameters."""
+    return torch.cat([torch.tensor([loss]), _parameters(sae)])
+
+
+def training_step(fn: Callable) -> None:
+    """Exercise 5: one SAE training step with unit-norm decoder rows; returns the loss as a float."""
     __tracebackhide__ = True
-    generator = seeded(6)
-    d_in, d_sae = _dims()
-    W_dec = torch.randn(d_sae, d_in, generator=generator) * 3
-    grad = torch.randn(d_sae, d_in, generator=generator)
-    name = "normalize_decoder"
-    got = expect_tensor(call_student(normalize_decoder, name, W_dec.clone()), name, W_dec.shape, "d_sae d_in")
-    unit = W_dec / W_dec.norm(dim=-1, keepdim=True)
-    reject_known_mistakes(got, [
-        (W_dec / W_dec.norm(dim=0, keepdim=True), "you normalised columns: each *row* W_dec[i] is a latent's direction, norm over dim=-1"),
-        (W_dec / W_dec.norm(), "you divided by the norm of the whole matrix: normalise each row separately"),
-    ], unit)
-    expect_close(got, unit, name, hint="W_dec / W_dec.norm(dim=-1, keepdim=True)")
-    name = "remove_parallel_gradient"
-    got = expect_tensor(call_student(remove_parallel_gradient, name, unit.clone(), grad.clone()), name, grad.shape, "d_sae d_in")
-    want = grad - (grad * unit).sum(-1, keepdim=True) * unit
-    reject_known_mistakes(got, [
-        (grad, "the gradient is unchanged: subtract each row's component along W_dec[i]"),
-        ((grad * unit).sum(-1, keepdim=True) * unit, "you kept the parallel component: subtract it from the gradient instead"),
-        (grad - (grad * unit).sum(0, keepdim=True) * unit, "you summed over latents: take the dot product along each row (dim=-1)"),
-    ], want)
-    expect_close(got, want, name, hint="grad − (grad · u) u, with u the unit rows, the dot product over dim=-1")
-    # The rows are unit here; a solution that assumes so still fails on rows of other norms.
-    got = expect_tensor(call_student(remove_parallel_gradient, name, W_dec.clone(), grad.clone()), name, grad.shape)
-    if not torch.allclose((got * W_dec).sum(-1), torch.zeros(d_sae), atol=1e-4):
-        raise CheckFailed("with rows that are not unit-norm your gradient keeps a parallel part: use u = W_dec[i] / ‖W_dec[i]‖")
-    passed("decoder constraint")
+    name = "training_step"
+    # Under the grader the student's SAE lives in their kernel and only the losses come back (each measured on
+    # what the calls before left); in process the check also sees the SAE, and judges each call on its own.
+    remote = isinstance(fn, RemoteFunction)
+    cases = [("topk", 14, D_SAE)] + ([("relu", 15, D_SAE // 2)] if hidden() else [])
+    for architecture, seed, d_sae in cases:
+        start = training_case(_seed(seed), size(D_IN), size(d_sae, 4), architecture)
+        # The student's function changes what it is given: in process it gets a copy, so the recipe's objects stay
+        # as built; the grader sends the recipe itself, rebuilt in the kernel.
+        sae, optimizer = start if remote else copy.deepcopy(start)
+        xs = _training_batches(start[0], seed + 10)
+        W_dec, losses = sae.W_dec, []
+        for call, x in enumerate(xs, 1):
+            before = None if remote else _copy((sae, optimizer))
+            batch = x.clone()
+            out = call_student(fn, name, sae, optimizer, batch)
+            if not torch.equal(batch, x):
+                raise CheckFailed(f"`{name}` changed x in place: the batch belongs to the training loop (it logs "
+                                  "metrics on it); compute from x without writing into it")
+            if isinstance(out, Tensor):
+                raise CheckFailed(f"`{name}` returned a tensor: return the loss as a Python float, loss.item() (a loss "
+                                  "tensor keeps the step's whole autograd graph alive in the loop's history)")
+            if isinstance(out, bool) or not isinstance(out, (float, int)):
+                raise CheckFailed(f"`{name}` should return the loss as a Python float (loss.item()), not a "
+                                  f"{type(out).__name__}.")
+            losses.append(float(out))
+            if not remote:
+                if sae.W_dec is not W_dec:
+                    raise CheckFailed("you replaced sae.W_dec by a new tensor, which the optimiser does not hold: "
+                                      "write the renormalised rows into it in place, under torch.no_grad()")
+                _judge_call(name, call, before, x, losses[-1], sae)
+        if remote:
+            _judge_losses(name, start, xs, losses)
+    passed(name)
+
+
+def _judge_call(name: str, call: int, before: tuple[SAE, torch.optim.Optimizer], x: Tensor, loss: float, sae: SAE) -> None:
+    """Compare one call with the reference step from the same state (so rounding cannot pile up over the calls)."""
+    __tracebackhide__ = True
+    # A step starts from no gradient, whether the call before zeroed them at its end or this one does at its start.
+    reference_sae, reference_optimizer = _copy(before, gradients=False)
+    want_loss = _reference_step(reference_sae, reference_optimizer, x.clone())
+    want = _outcome(want_loss, reference_sae)
+    mistakes = []
+    for step, message in _TRAINING_MISTAKES:  # from the same state; gradients left by the call before only pile up
+        wrong_sae, wrong_optimizer = _copy(before, gradients=step is _without_zeroing)
+        wrong = _outcome(float(step(wrong_sae, wrong_optimizer, x.clone())), wrong_sae)
+        if not torch.allclose(wrong, want, atol=1e-4, rtol=1e-3):  # a mistake the check cannot see is no mistake
+            mistakes.append((wrong, message))
+    reject_known_mistakes(_outcome(loss, sae), mistakes, want)
+    expect_close(torch.tensor(loss), torch.tensor(want_loss), f"{name}'s loss at call {call}",
+                 hint="return forward_with_loss(x).loss.item() of the forward pass the step trained on")
+    for (pname, got), want_p in zip(sae.named_parameters(), reference_sae.parameters()):
+        expect_close(got, want_p, f"{pname} after call {call}",
+                     hint="backward, project W_dec.grad, optimizer.step(), renormalise the rows, zero the gradients")
+
+
+def _judge_losses(name: str, start: tuple[SAE, torch.optim.Optimizer], xs: list[Tensor], losses: list[float]) -> None:
+    """Compare the losses of the calls with the reference's, and with each mistake's, over the whole run from `start`."""
+    __tracebackhide__ = True
+    want_losses = _losses(_reference_step, start, xs)
+    want = torch.tensor(want_losses)
+    mistakes = []
+    for step, message in _TRAINING_MISTAKES:
+        wrong = torch.tensor(_losses(step, start, xs))
+        if not torch.allclose(wrong, want, atol=1e-4, rtol=1e-3):
+            mistakes.append((wrong, message))
+    reject_known_mistakes(torch.tensor(losses), mistakes, want)
+    for call, (got, want_loss) in enumerate(zip(losses, want_losses), 1):
+        expect_close(torch.tensor(got), torch.tensor(want_loss), f"{name}'s loss at call {call}",
+                     hint="return forward_with_loss(x).loss.item() of the forward pass the step trained on" if call == 1
+                     else "each loss is measured on the parameters your previous calls left: check the step's order")
 
 
 def sae_metrics(l0: Callable, fvu: Callable, ce_loss_recovered: Callable) -> None:
@@ -495,9 +688,9 @@ EXERCISES = {
                    SAE.forward, SAE.forward_with_loss),
     ),
     "auxk_loss": Exercise(auxk_loss, ("auxk_loss",), forbidden=(TopKSAE.aux_loss,)),
-    "decoder_constraint": Exercise(
-        decoder_constraint, ("normalize_decoder", "remove_parallel_gradient"),
-        forbidden=(SAE.normalize_decoder_, SAE.remove_parallel_gradient_),
+    # forward_with_loss is the loss the text says to use; the decoder constraint is the student's to write.
+    "training_step": Exercise(
+        training_step, ("training_step",), forbidden=(train_step, SAE.normalize_decoder_, SAE.remove_parallel_gradient_),
     ),
     "metrics": Exercise(
         sae_metrics, ("l0", "fvu", "ce_loss_recovered"),

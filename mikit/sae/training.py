@@ -5,11 +5,11 @@
     history = train_sae(sae, buffer, n_tokens=500_000)
 
 The loop is the one the SAE papers describe: geometric-median `b_dec` from the first batch; each
-step backpropagates the loss, removes the decoder gradient parallel to each row, steps Adam and
-renormalises the rows; the learning rate decays linearly to 0 over the last 20 % of steps
-(Anthropic, April 2024). Inputs are scaled so that their mean squared norm is d_in, which makes
-one set of hyperparameters work at every layer; the scale is folded into the weights at the end,
-so the trained SAE reads the model's raw activations.
+step (`train_step`) backpropagates the loss, removes the decoder gradient parallel to each row,
+clips the gradient norm at 1, steps Adam and renormalises the rows; the learning rate decays
+linearly to 0 over the last 20 % of steps (Anthropic, April 2024). Inputs are scaled so that
+their mean squared norm is d_in, which makes one set of hyperparameters work at every layer; the
+scale is folded into the weights at the end, so the trained SAE reads the model's raw activations.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from mikit.sae.architectures import SAE
+from mikit.sae.architectures import SAE, SAEOutput
 from mikit.sae.metrics import explained_variance
 
 
@@ -130,6 +130,25 @@ def _batches(data: Iterable[Tensor]) -> Iterator[Tensor]:
             raise ValueError("the activation source yielded no batch: give it more tokens than one batch.")
 
 
+def train_step(
+    sae: SAE, optimizer: torch.optim.Optimizer, x: Float[Tensor, "batch d_in"], *, max_grad_norm: float | None = None,
+) -> SAEOutput:
+    """One training step with unit-norm decoder rows; returns the forward pass it trained on (`out.loss` is its loss).
+
+    Backpropagates the SAE's loss, removes from W_dec's gradient the component along each row, optionally
+    clips the gradient norm, steps the optimiser, zeroes the gradients and renormalises the rows.
+    """
+    out = sae.forward_with_loss(x)
+    out.loss.backward()
+    sae.remove_parallel_gradient_()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sae.normalize_decoder_()
+    return out
+
+
 def train_sae(
     sae: SAE, data: Iterable[Float[Tensor, "batch d_in"]], n_tokens: int, lr: float = 4e-4,
     decay_fraction: float = 0.2, log_every: int = 50, *, progress: bool = True,
@@ -156,14 +175,8 @@ def train_sae(
     bar = tqdm(range(n_steps), desc="training SAE", disable=not progress)
     for step in bar:
         x = batch * scale
-        out = sae.forward_with_loss(x)
-        out.loss.backward()
-        sae.remove_parallel_gradient_()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-        optimizer.step()
+        out = train_step(sae, optimizer, x, max_grad_norm=1.0)
         schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        sae.normalize_decoder_()
         seen += x.shape[0]
         if step % log_every == 0 or step == n_steps - 1:
             with torch.no_grad():

@@ -121,33 +121,47 @@ def auxk_loss__only_dead_columns(x, x_hat, pre, dead, W_dec, k_aux):
     return (error_hat - error).pow(2).sum() / (error - error.mean(0)).pow(2).sum()
 
 
-# --- exercise 5: normalize_decoder(W_dec), remove_parallel_gradient(W_dec, grad) ---------------------------------
-def normalize_decoder__functional(W_dec):
-    return F.normalize(W_dec, dim=-1)
+# --- exercise 5: training_step(sae, optimizer, x) -> float ------------------------------------------------------------
+def training_step__zero_first_in_place_projection(sae, optimizer, x):
+    # Zeroing at the start (to zeros, not None) leaves the same gradients for backward as zeroing at the end.
+    optimizer.zero_grad(set_to_none=False)
+    out = sae.forward_with_loss(x)
+    out.loss.backward()
+    with torch.no_grad():
+        unit = F.normalize(sae.W_dec, dim=-1)
+        sae.W_dec.grad.sub_(torch.einsum("sd,sd->s", sae.W_dec.grad, unit)[:, None] * unit)
+    optimizer.step()
+    sae.W_dec.data = F.normalize(sae.W_dec.data, dim=-1)
+    return out.loss.item()
 
 
-def normalize_decoder__linalg(W_dec):
-    return W_dec / torch.linalg.norm(W_dec, dim=1)[:, None]
+def training_step__new_grad_tensor_and_copy(sae, optimizer, x):
+    loss = sae.forward_with_loss(x).loss
+    loss.backward()
+    W, g = sae.W_dec.detach(), sae.W_dec.grad
+    # The projection onto W's rows without normalising them first: (g·w / w·w) w.
+    sae.W_dec.grad = g - ((g * W).sum(dim=1, keepdim=True) / (W * W).sum(dim=1, keepdim=True)) * W
+    optimizer.step()
+    with torch.no_grad():
+        sae.W_dec.copy_(sae.W_dec / torch.linalg.vector_norm(sae.W_dec, dim=1, keepdim=True))
+    sae.zero_grad(set_to_none=True)
+    return float(loss)
 
 
-def remove_parallel_gradient__einsum(W_dec, grad):
-    unit = W_dec / W_dec.norm(dim=1, keepdim=True)
-    parallel = torch.einsum("sd,sd->s", grad, unit)
-    return grad - parallel[:, None] * unit
-
-
-def remove_parallel_gradient__projection_without_normalising(W_dec, grad):
-    # (g · w / w · w) w is the projection onto w: the same as (g · u) u with u = w / ‖w‖.
-    coefficient = (grad * W_dec).sum(-1, keepdim=True) / (W_dec * W_dec).sum(-1, keepdim=True)
-    return grad - coefficient * W_dec
-
-
-def remove_parallel_gradient__loop_over_rows(W_dec, grad):
-    out = grad.clone()
-    for i in range(W_dec.shape[0]):
-        u = W_dec[i] / torch.linalg.vector_norm(W_dec[i])
-        out[i] = grad[i] - torch.dot(grad[i], u) * u
-    return out
+def training_step__loop_over_rows(sae, optimizer, x):
+    loss = sae.forward_with_loss(x).loss
+    loss.backward()
+    with torch.no_grad():
+        for i in range(sae.d_sae):
+            row, grad = sae.W_dec[i], sae.W_dec.grad[i]
+            u = row / row.norm()
+            grad -= torch.dot(grad, u) * u
+    optimizer.step()
+    optimizer.zero_grad()
+    with torch.no_grad():
+        for i in range(sae.d_sae):
+            sae.W_dec[i] /= sae.W_dec[i].norm()
+    return loss.item()
 
 
 # --- exercise 6: l0(latents), fvu(x, x_hat), ce_loss_recovered(ce_clean, ce_sae, ce_zero_ablation) ---------------
