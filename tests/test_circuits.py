@@ -70,6 +70,11 @@ def answer_logprob(clean):
     return metric
 
 
+def caches(model, *prompts):
+    with torch.no_grad():
+        return [model.run_with_cache(tokens)[1] for tokens in prompts]
+
+
 def head_out(model, cache, layer, head):
     return cache["z", layer][:, :, head] @ model.W_O[layer, head]
 
@@ -110,9 +115,8 @@ def test_every_edge_kept_is_the_clean_run_and_none_kept_the_corrupted_one(name, 
 def test_one_edge_patched_equals_the_patch_by_hand(toy):
     graph, (clean, corrupted) = Graph.of(toy), prompts(toy)
     metric = answer_logprob(clean)
+    clean_cache, corrupted_cache = caches(toy, clean, corrupted)
     with torch.no_grad():
-        _, clean_cache = toy.run_with_cache(clean)
-        _, corrupted_cache = toy.run_with_cache(corrupted)
         delta = head_out(toy, corrupted_cache, 0, 1) - head_out(toy, clean_cache, 0, 1)
 
         def into_key(resid, hook):  # only head 2 of layer 1 reads a0.h1's corrupted output, in its key
@@ -140,9 +144,8 @@ def test_one_edge_patched_equals_the_patch_by_hand(toy):
 def test_a_key_value_edge_of_a_grouped_model_patches_the_whole_group(gqa):
     graph, (clean, corrupted) = Graph.of(gqa), prompts(gqa)
     metric = answer_logprob(clean)
+    clean_cache, corrupted_cache = caches(gqa, clean, corrupted)
     with torch.no_grad():
-        _, clean_cache = gqa.run_with_cache(clean)
-        _, corrupted_cache = gqa.run_with_cache(corrupted)
         delta = corrupted_cache["mlp_out", 0] - clean_cache["mlp_out", 0]
         gqa.set_use_split_qkv_input(True)
         try:  # value head 1 of layer 2 (query heads 2 and 3 read it) gets MLP 0's corrupted output
@@ -180,9 +183,7 @@ def hand_gradients(model, tokens, metric, hook, embed=None):
 def test_eap_is_the_gradient_formula_and_eap_ig_averages_it_along_the_path(toy):
     graph, (clean, corrupted) = Graph.of(toy), prompts(toy)
     metric = answer_logprob(clean)
-    with torch.no_grad():
-        _, clean_cache = toy.run_with_cache(clean)
-        _, corrupted_cache = toy.run_with_cache(corrupted)
+    clean_cache, corrupted_cache = caches(toy, clean, corrupted)
     delta = head_out(toy, corrupted_cache, 0, 3) - head_out(toy, clean_cache, 0, 3)
     edge = graph.edge_index("a0.h3", "a1.h0<q>")
     grad = hand_gradients(toy, clean, metric, "blocks.1.hook_q_input")[:, :, 0]
