@@ -7,7 +7,8 @@ TORCH  ?= torch==2.13.0
 DATA_PACKAGES = $(shell python3 -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["mikit"]["data-packages"]))')
 OFFLINE := HF_HUB_OFFLINE=1 MIKIT_MODE=offline
 # Test processes (pytest-xdist); each test file stays in one process, so a notebook's cells run in order.
-JOBS   ?= 2
+# One by default: on 2 cores, 2 processes were slower (each notebook kernel already uses both cores).
+JOBS   ?= 1
 
 .PHONY: install lab test build check-build grade gpu-check
 
