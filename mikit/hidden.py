@@ -315,15 +315,40 @@ def _kernel_reply(folder: Path) -> tuple[dict, dict[str, Tensor]]:
             grads = _gradients(result, args)
             if grads is not None:  # a loss of arguments that require grad: its gradient travels back with it
                 reply_grads = [None if g is None else encode(g, out) for g in grads]
-            for obj, _ in _recipe_of.values():  # a hook a student left behind must not reach the next call
-                if isinstance(obj, HookedRootModule):
-                    obj.reset_hooks()
             reply = {"result": encoded, "args_after": after, "forbidden": guard.called}
             if grads is not None:
                 reply["grads"] = reply_grads
+            left = _take_students_hooks_off()
+            if left:
+                reply["hooks_left"] = left
             return reply, out
     except Exception as err:  # the student's exception, reported as data
+        _take_students_hooks_off()
         return {"error": {"type": type(err).__name__, "message": str(err)[:MAX_ERROR]}}, {}
+
+
+def hooks_left(model: HookedRootModule) -> list[str]:
+    """The hook points of `model` that still carry a (non-permanent) hook."""
+    return [name for name, point in model.hook_dict.items()
+            if any(not handle.is_permanent for handle in point.fwd_hooks) or point._forward_hooks]
+
+
+def take_hooks_off(model: HookedRootModule) -> None:
+    """Remove every non-permanent hook, including ones added with PyTorch's own register_forward_hook."""
+    model.reset_hooks()
+    for point in model.hook_dict.values():
+        point._forward_hooks.clear()
+
+
+def _take_students_hooks_off() -> list[str]:
+    """In the kernel, after a call: the hook points left carrying a hook on the recipes' models, now taken off
+    (a hook a student left behind must not reach the next call; the grader fails the call for it)."""
+    left = []
+    for obj, _ in _recipe_of.values():
+        if isinstance(obj, HookedRootModule):
+            left += hooks_left(obj)
+            take_hooks_off(obj)
+    return left
 
 
 def serve(folder: str) -> None:
@@ -388,6 +413,10 @@ class RemoteFunction:
             from mikit.checks import CheckFailed
 
             raise CheckFailed(f"`{self.name}` returned a {reply['unreadable']}, which is not a value a check can read")
+        if reply.get("hooks_left"):
+            from mikit.checks import hook_left
+
+            raise hook_left(self.name, reply["hooks_left"][0])
         for arg, new in zip(args, decode(reply["args_after"], out)):
             if isinstance(arg, Tensor) and isinstance(new, Tensor) and arg.shape == new.shape and not torch.equal(arg, new):
                 with torch.no_grad():

@@ -525,6 +525,11 @@ def test_a_wrong_function_fails_through_the_wire(wire):
         wire("attention_between", lambda pattern, ds, query, key: pattern[:, :, ds.word_idx["S3"]])
 
 
+def test_a_hook_left_on_the_model_fails_under_the_grader_too(wire):
+    with pytest.raises(CheckFailed, match="a hook stayed on the model after `patch_head` returned"):
+        wire("patch_head", functools.partial(patch_head, keep_hook=True))
+
+
 def test_calling_the_reference_scores_zero(wire):
     from mikit import ioi
 

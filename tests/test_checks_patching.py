@@ -121,7 +121,7 @@ def test_patch_resid(capsys, variant):
     rejects(checks.patch_resid, stub, match="NotImplementedError")
     if not variant:  # under the grader the kernel takes left-over hooks off after each call
         rejects(checks.patch_resid, hook_left_on, match="a hook stayed on the model")
-        assert not mikit_checks._hooks_left(checks._model())  # the check took it off: later checks run on a clean model
+        assert not mikit_checks.hooks_left(checks._model())  # the check took it off: later checks run on a clean model
 
 
 # --- exercise 2: the same patch in nnsight ----------------------------------------------
@@ -526,6 +526,14 @@ def test_a_hook_left_on_the_model_does_not_reach_later_checks(capsys):
     with pytest.raises(CheckFailed, match="a hook stayed on the model"):
         checks.patch_resid(leaves_a_hook)
     accepts(checks.patch_resid, patch_resid, capsys)  # the same cached model, without the hook
+
+
+def test_a_hook_left_on_the_model_fails_under_the_grader_too(wire, capsys):
+    """The kernel takes the hook off after the call, and reports it: the grader fails the call for it."""
+    with pytest.raises(CheckFailed, match="a hook stayed on the model after `patch_resid` returned"):
+        wire("patch_resid", partial(patch_resid, keep_hook=True))
+    wire("patch_resid", patch_resid)  # the next call, in the same kernel, runs without it
+    assert "✓ patch_resid" in capsys.readouterr().out
 
 
 def test_attribution_patching_runs_in_a_kernel_without_gradients(wire, capsys):

@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from safetensors import safe_open
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mikit import models, storage
 
@@ -154,3 +154,26 @@ def test_smollm2_does_ioi_and_has_induction_heads(smollm2):
     heads = [f"L{index // smollm2.cfg.n_heads}H{index % smollm2.cfg.n_heads}" for index in top.indices.tolist()]
     print("top induction heads:", ", ".join(f"{head} {score:.2f}" for head, score in zip(heads, top.values.tolist())))
     assert {"L18H6", "L17H3", "L17H4"} & set(heads)
+
+
+def test_weights_are_stored_in_the_order_transformer_lens_multiplies_them(smollm2):
+    """TransformerLens copies e.g. `W_U.T.contiguous()` in every forward pass; `load_model` makes those copies no-ops."""
+    stored = {
+        name: param.permute(models._PRODUCT_ORDER[name.rsplit(".", 1)[-1]]).is_contiguous()
+        for name, param in smollm2.named_parameters()
+        if name.rsplit(".", 1)[-1] in models._PRODUCT_ORDER
+    }
+    # Per layer W_Q, _W_K, _W_V, W_O, W_in, W_gate, W_out; then W_U.
+    assert len(stored) == 7 * smollm2.cfg.n_layers + 1 and all(stored.values())
+
+
+@pytest.mark.parametrize("grouped_gated", [True, False], ids=["llama-like", "gpt2-like"])
+def test_product_layout_changes_no_result(grouped_gated):
+    extra = dict(n_key_value_heads=2, act_fn="silu", gated_mlp=True, normalization_type="RMS",
+                 positional_embedding_type="rotary") if grouped_gated else dict(act_fn="gelu")
+    model = HookedTransformer(HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64,
+                                                      d_vocab=50, n_ctx=16, seed=0, **extra)).eval()
+    tokens = torch.randint(50, (2, 10), generator=torch.Generator().manual_seed(0))
+    before = model(tokens)
+    assert models._product_layout(model) is model
+    assert torch.equal(model(tokens), before)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from mikit.hidden import recipe
+from mikit.hidden import hooks_left, recipe, take_hooks_off
 
 # notebook id (as `mikit build` writes it) -> its checks module
 NOTEBOOK_CHECKS = {
@@ -188,25 +188,21 @@ def reject_known_mistakes(got: Tensor, wrongs: list[tuple[Tensor, str]], want: T
             raise CheckFailed(message)
 
 
-def _hooks_left(model) -> list[str]:
-    """The hook points that still carry a (non-permanent) hook."""
-    return [name for name, point in model.hook_dict.items()
-            if any(not handle.is_permanent for handle in point.fwd_hooks) or point._forward_hooks]
-
-
 def expect_no_hooks_left(model, name: str) -> None:
     """Fail if the student's function left a hook on the model (and take it off, so later checks run clean).
 
-    Notebooks 02 and 03 use it. Under the grader the student's kernel takes left-over hooks off after each call,
-    so only the notebook's check can see one."""
+    Under the grader the student's kernel does the same after each call and the grader raises `hook_left`."""
     __tracebackhide__ = True
-    left = _hooks_left(model)
+    left = hooks_left(model)
+    take_hooks_off(model)
     if left:
-        model.reset_hooks()
-        for point in model.hook_dict.values():
-            point._forward_hooks.clear()
-        raise CheckFailed(
-            f"a hook stayed on the model after `{name}` returned (on {left[0]}), so every later run would carry your "
-            "patch too: attach it for one run only, with model.run_with_hooks(...) or `with model.hooks(...)`, or "
-            "call model.reset_hooks() after the run"
-        )
+        raise hook_left(name, left[0])
+
+
+def hook_left(name: str, point: str) -> CheckFailed:
+    """The verdict on a function that returned with a hook still on the model (at hook point `point`)."""
+    return CheckFailed(
+        f"a hook stayed on the model after `{name}` returned (on {point}), so every later run would carry your "
+        "patch too: attach it for one run only, with model.run_with_hooks(...) or `with model.hooks(...)`, or "
+        "call model.reset_hooks() after the run"
+    )
