@@ -327,17 +327,24 @@ def _kernel_reply(folder: Path) -> tuple[dict, dict[str, Tensor]]:
         return {"error": {"type": type(err).__name__, "message": str(err)[:MAX_ERROR]}}, {}
 
 
+def _passing_hooks(point) -> set[int]:
+    """The ids of the forward hooks on hook point `point` that are not permanent TransformerLens hooks: those
+    added with `add_hook`/`hooks` without `is_permanent`, and those added with PyTorch's register_forward_hook."""
+    permanent = {handle.hook.id for handle in point.fwd_hooks if handle.is_permanent}
+    return set(point._forward_hooks) - permanent
+
+
 def hooks_left(model: HookedRootModule) -> list[str]:
-    """The hook points of `model` that still carry a (non-permanent) hook."""
-    return [name for name, point in model.hook_dict.items()
-            if any(not handle.is_permanent for handle in point.fwd_hooks) or point._forward_hooks]
+    """The hook points of `model` that still carry a hook other than a permanent one (which a model keeps by design)."""
+    return [name for name, point in model.hook_dict.items() if _passing_hooks(point)]
 
 
 def take_hooks_off(model: HookedRootModule) -> None:
-    """Remove every non-permanent hook, including ones added with PyTorch's own register_forward_hook."""
+    """Remove every hook but the permanent ones, including hooks added with PyTorch's own register_forward_hook."""
     model.reset_hooks()
     for point in model.hook_dict.values():
-        point._forward_hooks.clear()
+        for key in _passing_hooks(point):
+            del point._forward_hooks[key]
 
 
 def _take_students_hooks_off() -> list[str]:

@@ -132,3 +132,28 @@ def test_calls_into_forbidden_references_are_caught_however_reached(wire):
         with pytest.raises(CheckFailed, match="calls the reference `mikit.induction.top_heads`"):
             known[name](scores, 2)
     assert known["honest"](scores, 2) == induction.top_heads(scores, 2)
+
+
+def test_only_hooks_a_model_does_not_keep_by_design_count_as_left():
+    from transformer_lens.hook_points import HookedRootModule, HookPoint
+
+    class Model(HookedRootModule):
+        def __init__(self):
+            super().__init__()
+            self.kept, self.patched, self.raw = HookPoint(), HookPoint(), HookPoint()
+            self.setup()
+
+        def forward(self, x):
+            return self.raw(self.patched(self.kept(x)))
+
+    calls = []
+    model = Model()
+    model.add_hook("kept", lambda x, hook: calls.append("kept"), is_permanent=True)  # e.g. a recording model's
+    assert hidden.hooks_left(model) == []
+    model.add_hook("patched", lambda x, hook: calls.append("patched"))
+    model.raw.register_forward_hook(lambda module, inputs, output: calls.append("raw"))
+    assert hidden.hooks_left(model) == ["patched", "raw"]
+    hidden.take_hooks_off(model)
+    assert hidden.hooks_left(model) == []
+    model(torch.zeros(1))
+    assert calls == ["kept"]  # the permanent hook survives; the others are gone
