@@ -79,7 +79,7 @@ def load_model(name: str, device: str | None = None) -> HookedTransformer:
     from mikit.zoo import ZOO_MODELS, load_zoo_model
 
     if name in ZOO_MODELS:
-        return _product_layout(load_zoo_model(name, device).eval())
+        return load_zoo_model(name, device).eval()  # small enough that the copies cost nothing
     if name.lower() in make_model_alias_map():
         return _product_layout(load_hub_model(name, device).eval())
     raise ValueError(
