@@ -5,8 +5,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mikit.circuits import (
-    Graph, ablated_outputs, acdc, attribute, circuit_size, faithfulness, kl_to_clean, roc, run_with_edges,
-    source_outputs,
+    Graph, ablated_outputs, acdc, attribute, circuit_nodes, circuit_size, completeness, faithfulness, kl_to_clean,
+    minimality, roc, run_with_edges, source_outputs,
 )
 from mikit.models import load_model
 
@@ -241,6 +241,38 @@ def test_acdc_finds_exactly_the_planted_circuit(planted):
     assert roc(eap.abs(), ~outside)[2] == 1.0
 
 
+def test_the_planted_circuit_is_complete_and_minimal_and_a_cut_or_padded_one_is_not(planted):
+    graph, (clean, corrupted) = Graph.of(planted), prompts(planted)
+    metric, out = answer_logprob(clean), ablated_outputs(planted, graph, corrupted)
+    truth = graph.mask([tuple(name.split("->")) for name in PLANTED])
+
+    def measured(present):
+        return run_with_edges(planted, graph, clean, out, present, metric).item()
+
+    subsets = [[], ["a0.h0"], ["a1.h0"], ["a0.h1", "a1.h1"], ["input", "a1.h1"]]
+    pairs = completeness(planted, graph, truth, clean, out, metric, subsets, chunk=3)
+    assert pairs.shape == (5, 2)
+    torch.testing.assert_close(pairs[:, 0], pairs[:, 1], atol=1e-5, rtol=0)  # complete: F(C \ K) = F(M \ K)
+    assert pairs[2, 1].item() == pytest.approx(measured(~graph.edges_from(["a1.h0"])), abs=1e-6)
+    assert len(set(pairs[:3, 0].tolist())) == 3  # the node sets do change the metric
+    cut = truth & ~graph.mask([("a0.h0", "a1.h0<v>")])  # an edge of the circuit left out
+    (with_cut, whole), = completeness(planted, graph, cut, clean, out, metric, [[]]).tolist()
+    assert abs(with_cut - whole) > 1e-3
+
+    padded = truth | graph.mask([("a0.h1", "a1.h0<q>")])  # a head that writes nothing
+    scores = minimality(planted, graph, padded, clean, out, metric)
+    assert list(scores) == circuit_nodes(graph, padded) == ["input", "a0.h0", "a0.h1", "a1.h0"]
+    assert scores["a0.h1"] == pytest.approx(0, abs=1e-6) and min(abs(scores[v]) for v in PLANTED_NODES) > 1e-3
+    assert scores["a0.h0"] == pytest.approx(measured(padded) - measured(padded & ~graph.edges_from(["a0.h0"])), abs=1e-6)
+    given = minimality(planted, graph, truth, clean, out, metric, {"a0.h0": ["a1.h0"]})["a0.h0"]
+    without_a1 = truth & ~graph.edges_from(["a1.h0"])
+    assert given == pytest.approx(measured(without_a1) - measured(without_a1 & ~graph.edges_from(["a0.h0"])), abs=1e-6)
+    assert given != pytest.approx(scores["a0.h0"], abs=1e-4)
+
+
+PLANTED_NODES = ["input", "a0.h0", "a1.h0"]
+
+
 def test_roc_area_is_the_trapezoid_area_and_ties_count_half():
     g = torch.Generator().manual_seed(0)
     scores, truth = torch.randn(200, generator=g), torch.rand(200, generator=g) < 0.3
@@ -316,6 +348,8 @@ def test_bad_input_is_one_sentence(toy):
         run_with_edges(toy, graph, clean, source_outputs(toy, graph, corrupted), torch.ones(80, dtype=torch.bool), metric)
     with pytest.raises(ValueError, match="same shape"):
         attribute(toy, graph, clean, corrupted[:, :-1], metric)
+    with pytest.raises(ValueError, match="'a9.h0' is not a source of this graph; sources are named like input, a0.h0"):
+        graph.edges_from(["a0.h0", "a9.h0"])
     with pytest.raises(ValueError, match="steps must be at least 1"):
         attribute(toy, graph, clean, corrupted, metric, steps=0)
     with pytest.raises(ValueError, match="ablation must be 'patch', 'mean' or 'zero'"):

@@ -75,3 +75,28 @@ def test_t2i_explorer_generates_on_a_new_caption_and_rerenders_on_the_sliders():
     assert image.layout.display == "none"  # and the sliders do not bring it back
     text.value = "a large green square above a small blue triangle"
     assert message.value == "" and image.value != first and image.layout.display is None
+
+
+def test_circuit_graph_draws_each_edge_once_with_width_by_score():
+    from mikit.circuits import Graph
+
+    graph = Graph(n_layers=3, n_heads=4, n_kv_heads=2, attn_only=False)  # MLPs and grouped keys/values
+    scores = torch.zeros(graph.n_edges)
+    chosen = {("input", "a0.h1<q>"): 0.1, ("a0.h2", "a1.kv1<k>"): -0.4, ("m1", "a2.kv0<v>"): 0.8,
+              ("a2.h3", "logits"): 2.0}
+    for (source, receiver), score in chosen.items():
+        scores[graph.edge_index(source, receiver)] = score
+    fig = viz.circuit_graph(graph, scores, top=4)
+    edges = [trace for trace in fig.data if trace.name == "edge"]
+    assert sorted(trace.hovertext.split(":")[0] for trace in edges) == sorted(f"{s}->{r}" for s, r in chosen)
+    widths = {trace.hovertext.split(":")[0]: trace.line.width for trace in edges}
+    assert widths["input->a0.h1<q>"] < widths["a0.h2->a1.kv1<k>"] < widths["m1->a2.kv0<v>"] < widths["a2.h3->logits"]
+    nodes = next(trace for trace in fig.data if trace.name == "node")
+    dark = {name for name, colour in zip(nodes.text, nodes.marker.color) if colour != "#eeeeee"}
+    # the sources and the nodes fed, a key/value group's edge feeding every head of the group
+    assert dark == {"input", "a0.h1", "a0.h2", "a1.h2", "a1.h3", "m1", "a2.h0", "a2.h1", "a2.h3", "logits"}
+    kept = torch.zeros(graph.n_edges, dtype=torch.bool)
+    kept[graph.edge_index("m1", "a2.kv0<v>")] = True
+    assert len([t for t in viz.circuit_graph(graph, scores, kept).data if t.name == "edge"]) == 1
+    with pytest.raises(ValueError, match=f"one score per edge \\({graph.n_edges}\\), got 3"):
+        viz.circuit_graph(graph, torch.ones(3))

@@ -7,13 +7,16 @@
     patched = run_with_edges(model, graph, clean, source_outputs(model, graph, corrupted), masks, metric)
     kept = acdc(model, graph, clean, ablated_outputs(model, graph, corrupted), kl_to_clean(model(clean)), 0.01)
     faithfulness(model, graph, kept, clean, ablated_outputs(model, graph, corrupted), task_metric)
+    completeness(...); minimality(...); roc(scores, true_edges)          # mikit.circuits.evaluation
 """
 
-from mikit.circuits.discovery import acdc, ablated_outputs, circuit_size, faithfulness, kl_to_clean, roc
+from mikit.circuits.discovery import acdc, ablated_outputs, kl_to_clean
 from mikit.circuits.edges import Metric, attribute, graph_hooks, run_with_edges, source_outputs
+from mikit.circuits.evaluation import circuit_nodes, circuit_size, completeness, faithfulness, minimality, roc
 from mikit.circuits.graph import Graph, Receiver
 
 __all__ = [
-    "Graph", "Metric", "Receiver", "ablated_outputs", "acdc", "attribute", "circuit_size", "faithfulness",
-    "graph_hooks", "kl_to_clean", "roc", "run_with_edges", "source_outputs",
+    "Graph", "Metric", "Receiver", "ablated_outputs", "acdc", "attribute", "circuit_nodes", "circuit_size",
+    "completeness", "faithfulness", "graph_hooks", "kl_to_clean", "minimality", "roc", "run_with_edges",
+    "source_outputs",
 ]

@@ -1,4 +1,4 @@
-"""ACDC and circuit evaluation on a model's computational graph.
+"""ACDC on a model's computational graph (evaluation: `mikit.circuits.evaluation`).
 
 ACDC (Conmy et al. 2023) starts from the whole graph and visits the receivers from the logits backwards
 (the reverse of the forward pass). For each edge into a receiver it asks: if this edge gets its corrupted
@@ -119,40 +119,3 @@ def acdc(
             size = min(batch_size, 2 * size if len(kept) == 0 else max(1, 2 * accepted))
     steps.close()
     return present
-
-
-def faithfulness(
-    model: HookedTransformer, graph: Graph, present: Bool[Tensor, "edge"], clean_tokens: Int[Tensor, "batch pos"],
-    corrupted: Float[Tensor, "batch pos source d_model"], metric: Metric,
-) -> float:
-    """metric(circuit) / metric(model): the circuit's edges kept, every other edge given `corrupted`
-    (1 for the whole graph; for the empty graph, the metric of the ablated run over the clean one's)."""
-    circuit, whole = run_with_edges(model, graph, clean_tokens, corrupted, torch.stack([present, graph.mask()]), metric)
-    return (circuit / whole).item()
-
-
-def circuit_size(graph: Graph, present: Bool[Tensor, "edge"]) -> dict[str, int]:
-    """Edges kept, and nodes that still touch one (a source with an outgoing edge, or the logits)."""
-    present = torch.as_tensor(present, dtype=torch.bool)
-    sources = graph.source_of(present.nonzero().flatten()).unique()
-    return {"edges": int(present.sum()), "nodes": len(sources) + int(present[graph.receivers[-1].edges].any())}
-
-
-
-def roc(scores: Float[Tensor, "edge"], truth: Bool[Tensor, "edge"]) -> tuple[Tensor, Tensor, float]:
-    """The ROC curve of edges ranked by `scores` (larger = more likely in the circuit) against the true circuit:
-    false- and true-positive rates at every cut, and the area under the curve (ties count half)."""
-    truth = torch.as_tensor(truth, dtype=torch.bool)
-    if truth.all() or not truth.any():
-        raise ValueError("the true circuit must hold some edges and leave some out, or there is no curve to draw.")
-    order = torch.argsort(scores.float(), descending=True, stable=True)
-    hits = truth[order].float()
-    tpr = torch.cat([torch.zeros(1), hits.cumsum(0) / hits.sum()])
-    fpr = torch.cat([torch.zeros(1), (1 - hits).cumsum(0) / (1 - hits).sum()])
-    # the area by ranks (Mann-Whitney), which treats tied scores as half above, half below
-    _, inverse, counts = torch.unique(scores.float(), return_inverse=True, return_counts=True)
-    first = torch.cumsum(counts, 0) - counts
-    ranks = (first + (counts + 1) / 2)[inverse]
-    n_true, n_false = int(truth.sum()), int((~truth).sum())
-    auc = (ranks[truth].sum() - n_true * (n_true + 1) / 2) / (n_true * n_false)
-    return fpr, tpr, float(auc)

@@ -87,15 +87,18 @@ def source_outputs(
 def run_with_edges(
     model: HookedTransformer, graph: Graph, tokens: Int[Tensor, "batch pos"],
     corrupted: Float[Tensor, "batch pos source d_model"], present: Bool[Tensor, "edge_set edge"], metric: Metric,
+    *, chunk: int | None = None,
 ) -> Float[Tensor, "edge_set"]:
     """The metric of the clean prompts `tokens` with, for each row of `present`, the edges marked False patched:
     their receivers get the source's output in `corrupted` (e.g. `source_outputs` of the corrupted prompts, or
-    a mean of them for mean ablation). All rows run in one forward pass."""
+    a mean of them for mean ablation). All rows run in one forward pass, or `chunk` rows per pass."""
     present = torch.as_tensor(present, dtype=torch.bool)
     if present.ndim == 1:
         present = present[None]
     if present.shape[-1] != graph.n_edges:
         raise ValueError(f"`present` should have one entry per edge ({graph.n_edges}); it has {present.shape[-1]}.")
+    if chunk is not None and len(present) > chunk:
+        return torch.cat([run_with_edges(model, graph, tokens, corrupted, part, metric) for part in present.split(chunk)])
     n_sets, (batch, pos) = len(present), tokens.shape
     patched = graph.per_hook((~present).to(corrupted.dtype).to(corrupted.device))
     delta = corrupted.new_zeros(n_sets, batch, pos, *corrupted.shape[2:])  # corrupted − current, per source

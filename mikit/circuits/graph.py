@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -145,6 +146,15 @@ class Graph:
         if values.shape[-1] != self.n_edges:
             raise ValueError(f"expected {self.n_edges} values per edge set (one per edge), got {values.shape[-1]}.")
         return {r.hook: values[..., r.edges].unflatten(-1, (r.n_sources, r.n)) for r in self.receivers}
+
+    def edges_from(self, sources: Sequence[str]) -> Tensor:
+        """A boolean edge mask: True for every edge out of the named sources (what removing those nodes removes)."""
+        unknown = [name for name in sources if name not in self.sources]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a source of this graph; sources are named like "
+                             f"{', '.join(self.sources[:3])} (see graph.sources).")
+        return torch.isin(self._edge_table[0], torch.tensor([self.sources.index(name) for name in sources],
+                                                            dtype=torch.long))
 
     def mask(self, edges: list[tuple[str, str]] | None = None) -> Tensor:
         """A boolean edge mask: True for the edges listed as (source, receiver); every edge when None."""
