@@ -6,7 +6,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mikit.circuits import (
     Graph, ablated_outputs, acdc, attribute, circuit_nodes, circuit_size, completeness, faithfulness, kl_to_clean,
-    minimality, roc, run_with_edges, source_outputs,
+    minimality, roc, roc_points, run_with_edges, source_outputs,
 )
 from mikit.models import load_model
 
@@ -284,6 +284,26 @@ def test_roc_area_is_the_trapezoid_area_and_ties_count_half():
     assert roc(torch.ones(4), torch.tensor([True, False, True, False]))[2] == 0.5
     with pytest.raises(ValueError, match="must hold some edges and leave some out"):
         roc(scores, torch.ones(200, dtype=torch.bool))
+
+
+def test_roc_points_of_a_threshold_sweep_by_hand(planted):
+    truth = torch.tensor([True, True, False, False, False])
+    circuits = torch.tensor([[True, False, False, False, False],   # tpr 1/2, fpr 0
+                             [True, True, True, False, False],     # tpr 1, fpr 1/3
+                             [True, False, True, True, False]])    # tpr 1/2, fpr 2/3: below the others
+    fpr, tpr, auc = roc_points(circuits, truth)
+    assert fpr.tolist() == pytest.approx([0, 0, 1 / 3, 2 / 3, 1]) and tpr.tolist() == [0, 0.5, 1, 0.5, 1]
+    assert auc == pytest.approx(0.75)  # three trapezoids of width 1/3 and mean height 0.75
+    # ACDC on the planted model: every threshold up to a point finds exactly the circuit, a large one less of it
+    graph, (clean, corrupted) = Graph.of(planted), prompts(planted)
+    with torch.no_grad():
+        metric = kl_to_clean(planted(clean))
+    out, true = ablated_outputs(planted, graph, corrupted), graph.mask([tuple(n.split("->")) for n in PLANTED])
+    sweep = torch.stack([acdc(planted, graph, clean, out, metric, tau, progress=False) for tau in (1e-6, 1e-3, 10.0)])
+    fpr, tpr, auc = roc_points(sweep, true)
+    assert (0.0, 1.0) in list(zip(fpr.tolist(), tpr.tolist())) and auc == 1.0
+    with pytest.raises(ValueError, match=f"one entry per edge \\({graph.n_edges}\\), got shape \\(3, 5\\)"):
+        roc_points(circuits, true)
 
 
 def sequential_acdc(model, graph, clean, corrupted_out, metric, threshold):

@@ -12,11 +12,11 @@
 
 from mikit.circuits.discovery import acdc, ablated_outputs, kl_to_clean
 from mikit.circuits.edges import Metric, attribute, graph_hooks, run_with_edges, source_outputs
-from mikit.circuits.evaluation import circuit_nodes, circuit_size, completeness, faithfulness, minimality, roc
+from mikit.circuits.evaluation import circuit_nodes, circuit_size, completeness, faithfulness, minimality, roc, roc_points
 from mikit.circuits.graph import Graph, Receiver
 
 __all__ = [
     "Graph", "Metric", "Receiver", "ablated_outputs", "acdc", "attribute", "circuit_nodes", "circuit_size",
-    "completeness", "faithfulness", "graph_hooks", "kl_to_clean", "minimality", "roc", "run_with_edges",
+    "completeness", "faithfulness", "graph_hooks", "kl_to_clean", "minimality", "roc", "roc_points", "run_with_edges",
     "source_outputs",
 ]

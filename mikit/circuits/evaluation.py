@@ -97,3 +97,20 @@ def roc(scores: Float[Tensor, "edge"], truth: Bool[Tensor, "edge"]) -> tuple[Ten
     n_true, n_false = int(truth.sum()), int((~truth).sum())
     auc = (ranks[truth].sum() - n_true * (n_true + 1) / 2) / (n_true * n_false)
     return fpr, tpr, float(auc)
+
+
+def roc_points(circuits: Bool[Tensor, "circuit edge"], truth: Bool[Tensor, "edge"]) -> tuple[Tensor, Tensor, float]:
+    """The ROC points of circuits found at several thresholds (an ACDC τ sweep: `torch.stack([acdc(..., τ) for τ in
+    taus])`) against the true circuit: each circuit's false- and true-positive rate, with (0, 0) and (1, 1) added,
+    sorted by false- then true-positive rate, and the area under the line through them (as Conmy et al. 2023 do)."""
+    circuits, truth = torch.as_tensor(circuits, dtype=torch.bool), torch.as_tensor(truth, dtype=torch.bool)
+    if truth.all() or not truth.any():
+        raise ValueError("the true circuit must hold some edges and leave some out, or there is no curve to draw.")
+    if circuits.ndim != 2 or circuits.shape[1] != truth.shape[0]:
+        raise ValueError(f"expected one row per circuit with one entry per edge ({truth.shape[0]}), "
+                         f"got shape {tuple(circuits.shape)}.")
+    tpr = (circuits & truth).sum(1) / truth.sum()
+    fpr = (circuits & ~truth).sum(1) / (~truth).sum()
+    points = sorted({(0.0, 0.0), (1.0, 1.0), *zip(fpr.tolist(), tpr.tolist())})
+    fpr, tpr = torch.tensor(points).T
+    return fpr, tpr, float(torch.trapezoid(tpr, fpr))
