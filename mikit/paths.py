@@ -14,4 +14,5 @@ DATA_DIR = PACKAGE / "data" if (PACKAGE / "data").is_dir() else PACKAGE.parent /
 ZOO_DIR = DATA_DIR / "zoo"
 SAE_DIR = DATA_DIR / "saes"
 XATTN_DIR = DATA_DIR / "xattn"
+CIRCUITS_DIR = DATA_DIR / "circuits"
 

@@ -99,24 +99,36 @@ def run_with_edges(
         raise ValueError(f"`present` should have one entry per edge ({graph.n_edges}); it has {present.shape[-1]}.")
     if chunk is not None and len(present) > chunk:
         return torch.cat([run_with_edges(model, graph, tokens, corrupted, part, metric) for part in present.split(chunk)])
-    n_sets, (batch, pos) = len(present), tokens.shape
+    with torch.no_grad():
+        logits = patched_logits(model, graph, tokens.repeat(len(present), 1), corrupted, present)
+    return torch.stack([torch.as_tensor(metric(chunk)).detach().float().cpu()
+                        for chunk in logits.unflatten(0, (len(present), len(tokens)))])
+
+
+def patched_logits(
+    model: HookedTransformer, graph: Graph, tokens: Int[Tensor, "set_batch pos"],
+    corrupted: Float[Tensor, "batch pos source d_model"], present: Bool[Tensor, "edge_set edge"],
+) -> Float[Tensor, "set_batch pos d_vocab"]:
+    """The logits of `tokens` (`present`'s rows of edge sets one after another, each a copy of the same `batch`
+    prompts) with every edge marked False given its source's output in `corrupted`; differentiable, so a model
+    can be trained with edges patched (`mikit.circuits.planted`)."""
+    n_sets, batch = len(present), len(corrupted)
     patched = graph.per_hook((~present).to(corrupted.dtype).to(corrupted.device))
-    delta = corrupted.new_zeros(n_sets, batch, pos, *corrupted.shape[2:])  # corrupted − current, per source
+    delta: dict[str, Tensor] = {}  # per source hook: corrupted − current output, (set, batch, pos, source, d_model)
 
     def record(activation: Tensor, hook) -> None:
         current = _outputs(model, hook.name, activation).unflatten(0, (n_sets, batch))
-        delta[:, :, :, graph.source_hooks[hook.name]] = corrupted[:, :, graph.source_hooks[hook.name]] - current
+        delta[hook.name] = corrupted[:, :, graph.source_hooks[hook.name]] - current
 
     def receive(activation: Tensor, hook) -> Tensor:
         mask = patched[hook.name]  # (set, source, receiver)
-        add = torch.einsum("kbpsd,ksn->kbpnd", delta[:, :, :, : mask.shape[1]], mask).flatten(0, 1)
+        sources = torch.cat(list(delta.values()), dim=3)[:, :, :, : mask.shape[1]]
+        add = torch.einsum("kbpsd,ksn->kbpnd", sources, mask).flatten(0, 1)
         return activation + (add if activation.ndim == 4 else add[:, :, 0])
 
     hooks = [(name, record) for name in graph.source_hooks] + [(r.hook, receive) for r in graph.receivers]
-    with torch.no_grad(), graph_hooks(model):
-        logits = model.run_with_hooks(tokens.repeat(n_sets, 1), fwd_hooks=hooks)
-    return torch.stack([torch.as_tensor(metric(chunk)).detach().float().cpu()
-                        for chunk in logits.unflatten(0, (n_sets, batch))])
+    with graph_hooks(model):
+        return model.run_with_hooks(tokens, fwd_hooks=hooks)
 
 
 def attribute(
