@@ -75,7 +75,7 @@ def circuit_graph(
     fig.add_trace(go.Scatter(
         x=[positions[n][0] for n in names], y=[positions[n][1] for n in names], mode="markers+text", name="node",
         text=names, textposition="middle center", hoverinfo="text", hovertext=names, showlegend=False,
-        marker=dict(size=40, symbol="square", line=dict(width=1),
+        marker=dict(size=36, symbol="square", line=dict(width=1),
                     color=["#f2c14e" if n in used else "#eeeeee" for n in names],
                     opacity=[1.0 if n in used else 0.4 for n in names]),
     ))
@@ -86,5 +86,6 @@ def circuit_graph(
     fig.update_xaxes(visible=False, range=[-0.7, graph.n_heads - 0.3])
     fig.update_yaxes(visible=False, range=[-0.5, top_row + 0.5])
     fig.update_layout(title=f"{title}: {len(drawn)} edges", plot_bgcolor="white",
-                      width=120 + 90 * graph.n_heads, height=140 + 80 * top_row)
+                      width=160 + 110 * graph.n_heads, height=180 + 130 * top_row,
+                      legend=dict(orientation="h", yanchor="top", y=-0.02, x=0))
     return fig
