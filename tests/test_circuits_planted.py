@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from mikit.circuits import Graph, ablated_outputs, acdc, attribute, roc, roc_points
+from mikit.circuits import (
+    Graph, ablated_outputs, acdc, attribute, roc, roc_points, run_with_edges, scrub, source_outputs,
+)
 from mikit.circuits.planted import (
     CIRCUIT, PLANTED_DIR, TRUTH, induction_rows, load_planted, measure, repeat_loss, train_planted,
 )
@@ -72,3 +74,42 @@ def test_training_never_shows_the_other_heads_the_row(tmp_path):
                        for w in ("W_Q", "W_K", "W_V", "W_O"))
             assert same == (f"a{layer}.h{head}" not in used), f"a{layer}.h{head}"  # no gradient ever reaches the others
     assert torch.equal(load_planted(folder=tmp_path).W_E, model.W_E)  # saved as safetensors + JSON and reloaded
+
+
+def test_scrubbing_with_one_draw_for_every_edge_is_edge_patching_from_those_prompts(planted):
+    graph = Graph.of(planted)
+    tokens, predictable = induction_rows(16, torch.Generator().manual_seed(3))
+    circuit = graph.mask(CIRCUIT)
+
+    def metric(logits):
+        return -repeat_loss(logits, tokens, predictable)
+
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(4))
+    same = scrub(planted, graph, tokens, circuit, metric, draws=order.repeat(graph.n_edges, 1))
+    patched = run_with_edges(planted, graph, tokens, source_outputs(planted, graph, tokens[order]), circuit, metric)
+    assert same == pytest.approx(patched.item(), abs=1e-5)
+    with torch.no_grad():
+        assert scrub(planted, graph, tokens, graph.mask(), metric) == pytest.approx(metric(planted(tokens)).item(), abs=1e-6)
+    with pytest.raises(ValueError, match="shape \\(81, 16\\), not \\(81, 15\\)"):
+        scrub(planted, graph, tokens, circuit, metric, draws=order[:15].repeat(graph.n_edges, 1))
+
+
+def test_scrubbing_keeps_the_planted_hypothesis_and_rejects_a_wrong_one(planted):
+    graph = Graph.of(planted)
+    tokens, predictable = induction_rows(64, torch.Generator().manual_seed(5))
+
+    def metric(logits):
+        return -repeat_loss(logits, tokens, predictable)
+
+    with torch.no_grad():
+        model_value = metric(planted(tokens)).item()
+    nothing = scrub(planted, graph, tokens, ~graph.mask(), metric)
+
+    def recovered(edges):
+        return (scrub(planted, graph, tokens, graph.mask(edges), metric) - nothing) / (model_value - nothing)
+
+    wrong = [(s.replace("a1.h0", "a1.h1"), r.replace("a1.h0", "a1.h1")) for s, r in CIRCUIT]  # another head
+    shares = {"planted": recovered(CIRCUIT), "truth only": recovered(TRUTH), "wrong head": recovered(wrong)}
+    print(f"\nloss recovered by scrubbing (model {-model_value:.3f}, all resampled {-nothing:.3f}):",
+          {name: round(share, 3) for name, share in shares.items()})
+    assert shares["planted"] > 0.9 and shares["truth only"] > 0.9 and shares["wrong head"] < 0.1

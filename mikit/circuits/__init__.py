@@ -8,15 +8,17 @@
     kept = acdc(model, graph, clean, ablated_outputs(model, graph, corrupted), kl_to_clean(model(clean)), 0.01)
     faithfulness(model, graph, kept, clean, ablated_outputs(model, graph, corrupted), task_metric)
     completeness(...); minimality(...); roc(scores, true_edges)          # mikit.circuits.evaluation
+    scrub(model, graph, tokens, circuit, metric)                         # causal scrubbing of "only these edges"
 """
 
 from mikit.circuits.discovery import acdc, ablated_outputs, kl_to_clean
 from mikit.circuits.edges import Metric, attribute, graph_hooks, run_with_edges, source_outputs
 from mikit.circuits.evaluation import circuit_nodes, circuit_size, completeness, faithfulness, minimality, roc, roc_points
 from mikit.circuits.graph import Graph, Receiver
+from mikit.circuits.scrubbing import scrub
 
 __all__ = [
     "Graph", "Metric", "Receiver", "ablated_outputs", "acdc", "attribute", "circuit_nodes", "circuit_size",
     "completeness", "faithfulness", "graph_hooks", "kl_to_clean", "minimality", "roc", "roc_points", "run_with_edges",
-    "source_outputs",
+    "scrub", "source_outputs",
 ]
