@@ -9,16 +9,19 @@
     faithfulness(model, graph, kept, clean, ablated_outputs(model, graph, corrupted), task_metric)
     completeness(...); minimality(...); roc(scores, true_edges)          # mikit.circuits.evaluation
     scrub(model, graph, tokens, circuit, metric)                         # causal scrubbing of "only these edges"
+    sparse = sparsify(model, steps=400, tolerance=0.03)                 # sparse-attention post-training (a copy)
+    attention_density(sparse, tokens); edges_for_faithfulness(sparse, graph, clean, corrupted, metric)
 """
 
 from mikit.circuits.discovery import acdc, ablated_outputs, kl_to_clean
 from mikit.circuits.edges import Metric, attribute, graph_hooks, run_with_edges, source_outputs
 from mikit.circuits.evaluation import circuit_nodes, circuit_size, completeness, faithfulness, minimality, roc, roc_points
 from mikit.circuits.graph import Graph, Receiver
-from mikit.circuits.scrubbing import scrub
+from mikit.circuits.scrubbing import scrub, scrubbed_input
+from mikit.circuits.sparse import attention_density, edges_for_faithfulness, load_sparse, sparsify
 
 __all__ = [
-    "Graph", "Metric", "Receiver", "ablated_outputs", "acdc", "attribute", "circuit_nodes", "circuit_size",
-    "completeness", "faithfulness", "graph_hooks", "kl_to_clean", "minimality", "roc", "roc_points", "run_with_edges",
-    "scrub", "source_outputs",
+    "Graph", "Metric", "Receiver", "ablated_outputs", "acdc", "attention_density", "attribute", "circuit_nodes",
+    "circuit_size", "completeness", "edges_for_faithfulness", "faithfulness", "graph_hooks", "kl_to_clean", "load_sparse",
+    "minimality", "roc", "roc_points", "run_with_edges", "scrub", "scrubbed_input", "source_outputs", "sparsify",
 ]

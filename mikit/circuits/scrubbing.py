@@ -22,7 +22,7 @@ the planted model, large for SmolLM2.
 from __future__ import annotations
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
@@ -54,14 +54,23 @@ def scrub(
 
     def receive(activation: Tensor, hook) -> Tensor:
         r = next(r for r in graph.receivers if r.hook == hook.name)
-        resampled = ~circuit[r.edges].view(r.n_sources, r.n)  # (source, receiver)
-        drawn = draws[r.edges].view(r.n_sources, r.n, batch)
-        add = torch.zeros_like(activation if activation.ndim == 4 else activation[:, :, None])
-        for s, n in resampled.nonzero().tolist():
-            add[:, :, n] += by_source[s, drawn[s, n]] - current[s]
+        add = scrubbed_input(by_source[: r.n_sources], torch.stack(current[: r.n_sources]),
+                             ~circuit[r.edges].view(r.n_sources, r.n), draws[r.edges].view(r.n_sources, r.n, batch))
         return activation + (add if activation.ndim == 4 else add[:, :, 0])
 
     hooks = [(name, record) for name in graph.source_hooks] + [(r.hook, receive) for r in graph.receivers]
     with torch.no_grad(), graph_hooks(model):
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
     return float(metric(logits))
+
+
+def scrubbed_input(
+    by_source: Float[Tensor, "source batch pos d_model"], current: Float[Tensor, "source batch pos d_model"],
+    resampled: Bool[Tensor, "source receiver"], draws: Int[Tensor, "source receiver batch"],
+) -> Float[Tensor, "batch pos receiver d_model"]:
+    """What the receivers at one hook add to their input: for each resampled edge s -> n, its source's output on
+    the prompt drawn for that edge, `by_source[s, draws[s, n, i]]` for prompt i, minus what s gives in this run,
+    `current[s, i]` (which the residual stream already holds)."""
+    picked = by_source[torch.arange(len(draws))[:, None, None], draws]  # (source, receiver, batch, pos, d_model)
+    change = (picked - current[:, None]) * resampled[:, :, None, None, None].to(picked.dtype)
+    return change.sum(0).permute(1, 2, 0, 3)
