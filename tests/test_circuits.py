@@ -376,3 +376,24 @@ def test_bad_input_is_one_sentence(toy):
         ablated_outputs(toy, graph, corrupted, "resample")
     with pytest.raises(ValueError, match="threshold .* ≥ 0"):
         acdc(toy, graph, clean, source_outputs(toy, graph, corrupted), metric, -0.1)
+
+
+def test_patching_without_gradients_equals_the_differentiable_form_and_ig_steps_batch_freely(gqa):
+    """run_with_edges adds only the sources a receiver has a patched edge from; under autograd every receiver adds
+    all of them in one product. Both give the same logits; EAP-IG gives the same scores whatever its batch_size."""
+    from mikit.circuits.edges import patched_logits
+
+    graph = Graph.of(gqa)
+    clean, corrupted = prompts(gqa)
+    out = source_outputs(gqa, graph, corrupted)
+    present = torch.rand(3, graph.n_edges, generator=torch.Generator().manual_seed(0)) < 0.7
+    with torch.no_grad():
+        fast = patched_logits(gqa, graph, clean.repeat(3, 1), out, present)
+    with torch.enable_grad():
+        dense = patched_logits(gqa, graph, clean.repeat(3, 1), out, present)
+    assert dense.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, dense.detach(), atol=1e-5, rtol=1e-5)
+    metric = answer_logprob(clean)
+    scores = [attribute(gqa, graph, clean, corrupted, metric, steps=5, batch_size=b) for b in (1, 7, 64)]
+    torch.testing.assert_close(scores[0], scores[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scores[0], scores[2], atol=1e-5, rtol=1e-4)

@@ -65,7 +65,8 @@ def _outputs(model: HookedTransformer, hook: str, activation: Tensor) -> Float[T
     """The outputs of the sources read at `hook`, one per source."""
     if hook.endswith("hook_z"):  # each head's own output: its z times its slice of W_O
         layer = int(hook.split(".")[1])
-        return torch.einsum("bphd,hdm->bphm", activation, model.W_O[layer])
+        # model.blocks[layer].attn.W_O, not model.W_O[layer]: model.W_O stacks every layer's at each call
+        return torch.einsum("bphd,hdm->bphm", activation, model.blocks[layer].attn.W_O)
     return activation[:, :, None]
 
 
@@ -114,6 +115,43 @@ def patched_logits(
     can be trained with edges patched (`mikit.circuits.planted`)."""
     n_sets, batch = len(present), len(corrupted)
     patched = graph.per_hook((~present).to(corrupted.dtype).to(corrupted.device))
+    if torch.is_grad_enabled():
+        return _patched_logits_differentiable(model, graph, tokens, corrupted, patched, n_sets)
+    # Which sources (grouped by the hook they are read at) each receiver hook has a patched edge from, in any
+    # set: only those are added, so that a few patched edges cost a few products, not one over every source.
+    reads = {hook: [(name, slice_) for name, slice_ in graph.source_hooks.items()
+                    if slice_.start < mask.shape[1] and bool(mask[:, slice_].any())]
+             for hook, mask in patched.items()}
+    needed = {name for pieces in reads.values() for name, _ in pieces}
+    corrupted_rows = corrupted.permute(2, 0, 1, 3)  # (source, batch, pos, d_model)
+    delta: dict[str, Tensor] = {}  # per source hook: corrupted − current output, (set, source, batch * pos * d_model)
+
+    def record(activation: Tensor, hook) -> None:
+        current = _outputs(model, hook.name, activation).unflatten(0, (n_sets, batch)).permute(0, 3, 1, 2, 4)
+        here = corrupted_rows[graph.source_hooks[hook.name]] - current
+        delta[hook.name] = here.reshape(n_sets, current.shape[1], -1)
+
+    def receive(activation: Tensor, hook) -> Tensor:
+        if not reads[hook.name]:
+            return activation
+        mask = patched[hook.name].transpose(1, 2)  # (set, receiver, source)
+        add = sum(mask[:, :, slice_] @ delta[name] for name, slice_ in reads[hook.name])  # (set, receiver, b*p*d)
+        add = add.unflatten(2, (batch, activation.shape[1], -1)).permute(0, 2, 3, 1, 4).flatten(0, 1)
+        return activation + (add if activation.ndim == 4 else add[:, :, 0])
+
+    hooks = [(name, record) for name in graph.source_hooks if name in needed]
+    hooks += [(r.hook, receive) for r in graph.receivers]
+    with graph_hooks(model):
+        return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+def _patched_logits_differentiable(
+    model: HookedTransformer, graph: Graph, tokens: Tensor, corrupted: Tensor, patched: dict[str, Tensor], n_sets: int,
+) -> Tensor:
+    """`patched_logits` under autograd. Every receiver adds its patches from all sources in one product, so that a
+    source whose edges are all patched gets a gradient of exactly 0 (resid − current + corrupted cancels bit for
+    bit; the sparse sum of the no-gradient path leaves float noise there, which Adam turns into full steps)."""
+    batch = len(corrupted)
     delta: dict[str, Tensor] = {}  # per source hook: corrupted − current output, (set, batch, pos, source, d_model)
 
     def record(activation: Tensor, hook) -> None:
@@ -133,40 +171,55 @@ def patched_logits(
 
 def attribute(
     model: HookedTransformer, graph: Graph, clean_tokens: Int[Tensor, "batch pos"],
-    corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric, *, steps: int = 1,
+    corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric, *, steps: int = 1, batch_size: int = 64,
 ) -> Float[Tensor, "edge"]:
     """EAP (`steps=1`) or EAP-IG (`steps` > 1) scores of every edge, in the graph's edge order: the estimated
-    change of `metric` on the clean prompts when that edge alone is patched from the corrupted ones."""
+    change of `metric` on the clean prompts when that edge alone is patched from the corrupted ones. The IG
+    steps run several to a forward pass, as copies of the prompts, up to `batch_size` rows (at least one step)."""
     if clean_tokens.shape != corrupted_tokens.shape:
         raise ValueError(f"clean and corrupted prompts must have the same shape (so that positions line up); "
                          f"got {tuple(clean_tokens.shape)} and {tuple(corrupted_tokens.shape)}.")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}.")
-    clean, corrupted = source_outputs(model, graph, clean_tokens), source_outputs(model, graph, corrupted_tokens)
-    difference = corrupted - clean
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
+    # Each source's difference as one row over (batch, pos, d_model), so that every edge's score is one entry of a
+    # single matrix product with the receivers' gradients laid out the same way (sources × receivers; the entries
+    # of a source after its receiver are computed and dropped: cheaper than one product per receiver).
+    difference = source_outputs(model, graph, corrupted_tokens)
+    difference -= source_outputs(model, graph, clean_tokens)
+    difference = difference.permute(2, 0, 1, 3).flatten(1)  # (source, batch * pos * d_model)
     embed = "blocks.0.hook_resid_pre"
     with torch.no_grad():
         _, cache = model.run_with_cache(corrupted_tokens, names_filter=embed, stop_at_layer=1)
     corrupted_embed = cache[embed]
+    batch = len(clean_tokens)
     grads = {r.hook: 0.0 for r in graph.receivers}
 
     def keep_grad(activation: Tensor, hook) -> None:
-        def store(grad: Tensor) -> None:
-            grads[hook.name] = grads[hook.name] + (grad if grad.ndim == 4 else grad[:, :, None])
+        def store(grad: Tensor) -> None:  # summed over the pass's steps: (batch, pos, n, d_model)
+            grad = grad if grad.ndim == 4 else grad[:, :, None]
+            grads[hook.name] = grads[hook.name] + grad.unflatten(0, (-1, batch)).sum(0)
 
         activation.register_hook(store)
 
-    for step in range(1, steps + 1):
-        alpha = step / steps
+    per_pass = max(1, batch_size // batch)
+    for first in range(1, steps + 1, per_pass):
+        alphas = torch.arange(first, min(first + per_pass, steps + 1), device=corrupted_embed.device) / steps
+        alphas = alphas.to(corrupted_embed.dtype)[:, None, None, None]  # (step, 1, 1, 1)
 
         def interpolate(resid: Tensor, hook) -> Tensor:
-            return (corrupted_embed + alpha * (resid - corrupted_embed)).detach().requires_grad_()
+            mixed = corrupted_embed + alphas * (resid.unflatten(0, (len(alphas), batch)) - corrupted_embed)
+            return mixed.flatten(0, 1).detach().requires_grad_()
 
         hooks = [(embed, interpolate)] + [(r.hook, keep_grad) for r in graph.receivers]
         with torch.enable_grad(), graph_hooks(model), _frozen(model):
-            metric(model.run_with_hooks(clean_tokens, fwd_hooks=hooks)).backward()
-    scores = torch.empty(graph.n_edges)
+            logits = model.run_with_hooks(clean_tokens.repeat(len(alphas), 1), fwd_hooks=hooks)
+            sum(metric(block) for block in logits.unflatten(0, (len(alphas), batch))).backward()
+    gradients = torch.cat([(grads[r.hook] / steps).permute(2, 0, 1, 3).flatten(1) for r in graph.receivers])
+    every = (difference @ gradients.T).float().cpu()  # (source, receiver)
+    scores, column = torch.empty(graph.n_edges), 0
     for r in graph.receivers:
-        piece = torch.einsum("bpsd,bpnd->sn", difference[:, :, : r.n_sources], grads[r.hook] / steps)
-        scores[r.edges] = piece.flatten().detach().float().cpu()
+        scores[r.edges] = every[: r.n_sources, column: column + r.n].flatten()
+        column += r.n
     return scores
