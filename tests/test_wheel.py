@@ -37,6 +37,7 @@ def test_installed_wheel_works_outside_the_repository(built_wheel, tmp_path):
         import mikit
         from mikit import load_model, paths
         from mikit.circuits.planted import load_planted
+        from mikit.circuits.sparse import load_sparse
         from mikit.sae import load
         from mikit.sae.latents import LatentIndex
         from mikit.xattn.captioner_recipe import load_captioner
@@ -53,6 +54,7 @@ def test_installed_wheel_works_outside_the_repository(built_wheel, tmp_path):
         print("tiny-t2i", sum(p.numel() for p in load_t2i().parameters()), "parameters")
         print("tiny-captioner", sum(p.numel() for p in load_captioner().parameters()), "parameters")
         print("planted-induction", load_planted().cfg.n_heads, "heads")
+        print("sparse-attn-only-2l", load_sparse().to_str_tokens("ab"), "tokens")
 
         nb = nbformat.read("{solution.name}", as_version=4)
         nb.cells.append(nbformat.v4.new_code_cell("import mikit; assert mikit.__file__.startswith(%r)" % target))
@@ -66,3 +68,4 @@ def test_installed_wheel_works_outside_the_repository(built_wheel, tmp_path):
     assert "notebook 01 ran to the end on the installed wheel" in done.stdout
     assert "attn-only-2l 2 layers" in done.stdout and "smollm2-135m-l15-topk64 2304 latents" in done.stdout
     assert "planted-induction 4 heads" in done.stdout
+    assert "sparse-attn-only-2l ['<|bos|>', 'a', 'b'] tokens" in done.stdout  # weights and character tokenizer

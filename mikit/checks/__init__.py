@@ -28,6 +28,7 @@ NOTEBOOK_CHECKS = {
     "03_activation_patching": "mikit.checks.patching",
     "04_sparse_autoencoders": "mikit.checks.sae",
     "05_cross_attention": "mikit.checks.cross_attention",
+    "06_circuit_discovery": "mikit.checks.circuits",
 }
 
 
