@@ -397,3 +397,22 @@ def test_patching_without_gradients_equals_the_differentiable_form_and_ig_steps_
     scores = [attribute(gqa, graph, clean, corrupted, metric, steps=5, batch_size=b) for b in (1, 7, 64)]
     torch.testing.assert_close(scores[0], scores[1], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(scores[0], scores[2], atol=1e-5, rtol=1e-4)
+
+
+def test_node_scores_are_the_attribution_estimate_of_patching_the_node(gqa):
+    """The sum of a head's edge scores is (corrupted − clean z) · ∂metric/∂z, the head's own first-order estimate."""
+    from mikit.circuits import node_scores
+
+    graph = Graph.of(gqa)
+    clean, corrupted = prompts(gqa)
+    metric = answer_logprob(clean)
+    nodes = node_scores(graph, attribute(gqa, graph, clean, corrupted, metric))
+    z = {}
+    with torch.enable_grad():
+        logits = gqa.run_with_hooks(clean, fwd_hooks=[("blocks.1.attn.hook_z", lambda act, hook: z.setdefault("z", act))])
+        grad, = torch.autograd.grad(metric(logits), z["z"])
+    corrupted_z = gqa.run_with_cache(corrupted)[1]["z", 1]
+    by_hand = ((corrupted_z - z["z"].detach()) * grad).sum((0, 1, 3))
+    torch.testing.assert_close(nodes[[graph.sources.index(f"a1.h{h}") for h in range(4)]], by_hand, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="one score per edge"):
+        node_scores(graph, torch.zeros(3))

@@ -4,6 +4,7 @@
 
     graph = Graph.of(model)                                          # sources, receivers, edges
     scores = attribute(model, graph, clean, corrupted, metric)       # EAP; steps=10 for EAP-IG
+    node_scores(graph, scores)                                       # per node: a fast first pass
     patched = run_with_edges(model, graph, clean, source_outputs(model, graph, corrupted), masks, metric)
     kept = acdc(model, graph, clean, ablated_outputs(model, graph, corrupted), kl_to_clean(model(clean)), 0.01)
     faithfulness(model, graph, kept, clean, ablated_outputs(model, graph, corrupted), task_metric)
@@ -14,7 +15,7 @@
 """
 
 from mikit.circuits.discovery import acdc, ablated_outputs, kl_to_clean
-from mikit.circuits.edges import Metric, attribute, graph_hooks, run_with_edges, source_outputs
+from mikit.circuits.edges import Metric, attribute, graph_hooks, node_scores, run_with_edges, source_outputs
 from mikit.circuits.evaluation import circuit_nodes, circuit_size, completeness, faithfulness, minimality, roc, roc_points
 from mikit.circuits.graph import Graph, Receiver
 from mikit.circuits.scrubbing import scrub, scrubbed_input
@@ -23,5 +24,5 @@ from mikit.circuits.sparse import attention_density, edges_for_faithfulness, loa
 __all__ = [
     "Graph", "Metric", "Receiver", "ablated_outputs", "acdc", "attention_density", "attribute", "circuit_nodes",
     "circuit_size", "completeness", "edges_for_faithfulness", "faithfulness", "graph_hooks", "kl_to_clean", "load_sparse",
-    "minimality", "roc", "roc_points", "run_with_edges", "scrub", "scrubbed_input", "source_outputs", "sparsify",
+    "minimality", "node_scores", "roc", "roc_points", "run_with_edges", "scrub", "scrubbed_input", "source_outputs", "sparsify",
 ]

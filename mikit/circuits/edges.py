@@ -223,3 +223,15 @@ def attribute(
         scores[r.edges] = every[: r.n_sources, column: column + r.n].flatten()
         column += r.n
     return scores
+
+
+def node_scores(graph: Graph, scores: Float[Tensor, "edge"]) -> Float[Tensor, "source"]:
+    """Node-level attribution from edge scores (EAP or EAP-IG): each source's edges summed, in source order.
+
+    A source's output reaches every receiver after it, so patching the node is, to first order, patching all
+    its edges at once: the sum is the node's attribution-patching estimate, a fast first pass that says which
+    nodes an edge-level search (ACDC, exact patching) need look at."""
+    scores = torch.as_tensor(scores, dtype=torch.float).flatten()
+    if scores.shape[0] != graph.n_edges:
+        raise ValueError(f"expected one score per edge ({graph.n_edges}), got {scores.shape[0]}.")
+    return torch.zeros(len(graph.sources)).index_add_(0, graph.source_of(torch.arange(graph.n_edges)), scores)
