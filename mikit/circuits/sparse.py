@@ -88,7 +88,7 @@ def attention_density(
     return above / (len(patterns) * tokens.shape[0] * model.cfg.n_heads * int(causal.sum()))
 
 
-def effective_keys(pattern: Float[Tensor, "batch head q k"]) -> Float[Tensor, ""]:
+def effective_keys(pattern: Float[Tensor, "batch head q_pos k_pos"]) -> Float[Tensor, ""]:
     """The smooth edge count: mean over rows of (Σ_k √a_k)² over the number of keys the row may attend."""
     n = pattern.shape[-1]
     # the masked (future) keys are exactly 0, where the square root has no gradient: they count 0 and pass none
