@@ -91,8 +91,10 @@ def attention_density(
 def effective_keys(pattern: Float[Tensor, "batch head q_pos k_pos"]) -> Float[Tensor, ""]:
     """The smooth edge count: mean over rows of (Σ_k √a_k)² over the number of keys the row may attend."""
     n = pattern.shape[-1]
-    # the masked (future) keys are exactly 0, where the square root has no gradient: they count 0 and pass none
-    root = pattern.clamp_min(1e-6).sqrt() * (pattern > 0)
+    # the masked (future) keys are exactly 0, where √ has no gradient: they count 0 and pass none (no clamp, which
+    # would count a weight below the clamp as the clamp)
+    visible = pattern > 0
+    root = torch.where(visible, pattern, torch.ones_like(pattern)).sqrt() * visible  # exact √a where a > 0
     count = root.sum(-1).square()  # (batch, head, q): 1 for one-hot, the number of keys for uniform
     return (count / torch.arange(1, n + 1, device=pattern.device)).mean()
 
