@@ -1,13 +1,16 @@
-"""Edge attribution on SmolLM2-135M Greater-Than: EAP and EAP-IG against exact edge patching, and against auto-circuit.
+"""Edge attribution on SmolLM2-135M: EAP and EAP-IG against exact edge patching, and against auto-circuit.
 
-    python benchmarks/circuits.py                     # 20 prompts, 10 IG steps, 96 random + 24 top edges patched
+    python benchmarks/circuits.py                     # Greater-Than: 20 prompts, 10 IG steps, 96 random + 24 top edges
+    python benchmarks/circuits.py --task ioi --prompts 16
     python benchmarks/circuits.py --prompts 10 --threads 1
     /tmp/peer-venv/bin/python benchmarks/circuits.py  # with the peer (auto-circuit installed there, not here)
 
 Scores every edge of SmolLM2's graph with EAP (one forward and backward pass) and EAP-IG, patches edges one
 at a time (`--sets` per forward pass): a random sample, whose effects are mostly tiny, and the `--top` edges of
 largest |EAP-IG|, where ranking matters. Prints the time of each, the Pearson correlation of each estimate with
-the exact effects on both samples, and the time per edge of exact patching against attribution.
+the exact effects on both samples, and the time per edge of exact patching against attribution. On IOI it
+also ranks the heads by their node score (`node_scores`) and gives the ROC area against the 20-head circuit
+that notebook 02's solution finds in SmolLM2 by hand (DLA, attention patterns and path patching).
 
 The peer: auto-circuit (PyPI, 1.0.1) is not a mikit dependency. Where it imports (it needs two TransformerLens 2
 names aliased, see `import_peer`), it scores every edge with EAP of the mean logit difference on the same model
@@ -30,8 +33,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # auto-circuit draws a progress bar 
 import torch
 
 import mikit
-from mikit.circuits import Graph, attribute, run_with_edges, source_outputs
-from mikit.datasets.greater_than import GreaterThanDataset, probability_difference
+from mikit.circuits import Graph, attribute, node_scores, roc, run_with_edges, source_outputs, tasks
+from mikit.datasets.greater_than import GreaterThanDataset
+
+# The circuit notebook 02's solution finds in SmolLM2 (its cell "20 heads: …"): duplicate-token, induction,
+# S-inhibition and name-mover heads, kept if they hold 85 % of the logit difference on unseen prompts.
+NOTEBOOK_02_CIRCUIT = ("a2.h4 a5.h6 a8.h0 a8.h1 a9.h2 a13.h7 a14.h3 a15.h6 a15.h7 a17.h4 a17.h5 a19.h2 a20.h0 "
+                       "a23.h0 a23.h1 a23.h2 a23.h3 a23.h7 a28.h1 a29.h1").split()
 
 
 def import_peer():
@@ -100,8 +108,21 @@ def compare_with_peer(peer, graph: Graph, ds: GreaterThanDataset, corrupted: Gre
     print(f"{'EAP, every edge (s)':<34}{ours_s:>9.1f}{peer_s:>9.1f}{peer_s / ours_s:>7.1f}x")
 
 
+def compare_with_notebook_02(graph: Graph, scores: dict[str, torch.Tensor]) -> None:
+    """Rank the heads by |node score| and measure the ROC area against notebook 02's hand-found circuit."""
+    heads = [i for i, name in enumerate(graph.sources) if ".h" in name]
+    truth = torch.tensor([graph.sources[i] in NOTEBOOK_02_CIRCUIT for i in heads])
+    for name, edge_scores in scores.items():
+        per_head = node_scores(graph, edge_scores)[heads].abs()
+        top = per_head.topk(20).indices
+        found = [graph.sources[heads[i]] for i in top]
+        print(f"{name:6s} heads against notebook 02's {int(truth.sum())}-head circuit: AUC {roc(per_head, truth)[2]:.3f}; "
+              f"{int(truth[top].sum())} of its top 20 are in it: {' '.join(found)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["greater-than", "ioi"], default="greater-than")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--sample", type=int, default=96, help="random edges patched exactly")
@@ -112,35 +133,30 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model = mikit.load_model("smollm2-135m", device="cpu")
-    ds = GreaterThanDataset(model, n_prompts=args.prompts, seed=0)
-    corrupted = ds.corrupted()
+    task = tasks.make(args.task, model, n_prompts=args.prompts)
+    clean, metric = task.clean, task.metric
     graph = Graph.of(model)
-
-    def metric(logits):
-        return probability_difference(logits, ds).mean()
-
-    print(f"SmolLM2-135M: {len(graph.sources)} sources, {graph.n_edges} edges; {len(ds)} Greater-Than prompts "
-          f"of {ds.tokens.shape[1]} tokens")
+    print(f"SmolLM2-135M: {graph}; {task}")
     timings = {}
     start = time.perf_counter()
-    eap = attribute(model, graph, ds.tokens, corrupted.tokens, metric)
+    eap = attribute(model, graph, clean, task.corrupted, metric)
     timings["EAP"] = time.perf_counter() - start
     start = time.perf_counter()
-    ig = attribute(model, graph, ds.tokens, corrupted.tokens, metric, steps=args.steps)
+    ig = attribute(model, graph, clean, task.corrupted, metric, steps=args.steps)
     timings[f"EAP-IG ({args.steps} steps)"] = time.perf_counter() - start
 
     sample = torch.randperm(graph.n_edges, generator=torch.Generator().manual_seed(0))[: args.sample]
     top = ig.abs().topk(args.top).indices
     edges = torch.cat([sample, top])
     start = time.perf_counter()
-    removed = source_outputs(model, graph, corrupted.tokens)
+    removed = source_outputs(model, graph, task.corrupted)
     with torch.no_grad():
-        base = metric(model(ds.tokens)).item()
+        base = metric(model(clean)).item()
     exact = []
     for chunk in edges.split(args.sets):
         sets = graph.mask().repeat(len(chunk), 1)
         sets[torch.arange(len(chunk)), chunk] = False
-        exact.append(run_with_edges(model, graph, ds.tokens, removed, sets, metric) - base)
+        exact.append(run_with_edges(model, graph, clean, removed, sets, metric) - base)
     exact = torch.cat(exact)
     patch_seconds = time.perf_counter() - start
     timings[f"exact patching, {len(edges)} edges"] = patch_seconds
@@ -157,13 +173,16 @@ def main() -> None:
         print(f"Pearson r with exact patching: {name:6s} {r[0]:.3f} on {len(sample)} random edges, "
               f"{r[1]:.3f} on the {len(top)} of largest |EAP-IG|")
     print("largest EAP-IG edges:", ", ".join(f"{graph.edge_names[i]} {ig[i]:+.3f}" for i in top[:10]))
+    if args.task == "ioi":
+        compare_with_notebook_02(graph, {"EAP": eap, "EAP-IG": ig})
+        return
 
     peer, why_not = import_peer()
     if peer is None:
         print(f"peer: auto-circuit cannot be imported here ({why_not}); install it in a scratch environment "
               "(pip install auto-circuit) and run this script with that environment's python")
     else:
-        compare_with_peer(peer, graph, ds, corrupted)
+        compare_with_peer(peer, graph, task.dataset, GreaterThanDataset.corrupted(task.dataset))
 
 
 if __name__ == "__main__":

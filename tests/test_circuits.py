@@ -6,7 +6,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mikit.circuits import (
     Graph, ablated_outputs, acdc, attribute, circuit_nodes, circuit_size, completeness, faithfulness, kl_to_clean,
-    minimality, roc, roc_points, run_with_edges, source_outputs,
+    minimality, node_scores, roc, roc_points, run_with_edges, source_outputs, tasks,
 )
 from mikit.models import load_model
 
@@ -401,7 +401,6 @@ def test_patching_without_gradients_equals_the_differentiable_form_and_ig_steps_
 
 def test_node_scores_are_the_attribution_estimate_of_patching_the_node(gqa):
     """The sum of a head's edge scores is (corrupted − clean z) · ∂metric/∂z, the head's own first-order estimate."""
-    from mikit.circuits import node_scores
 
     graph = Graph.of(gqa)
     clean, corrupted = prompts(gqa)
@@ -416,3 +415,46 @@ def test_node_scores_are_the_attribution_estimate_of_patching_the_node(gqa):
     torch.testing.assert_close(nodes[[graph.sources.index(f"a1.h{h}") for h in range(4)]], by_hand, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="one score per edge"):
         node_scores(graph, torch.zeros(3))
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+@pytest.mark.parametrize("name", ["ioi", "greater-than"])
+def test_a_task_gives_aligned_prompts_the_model_solves_only_when_clean(name, smollm2):
+    task = tasks.make(name, smollm2, n_prompts=8, seed=1)
+    assert task.clean.shape == task.corrupted.shape and not torch.equal(task.clean, task.corrupted)
+    with torch.no_grad():
+        clean, corrupted = smollm2(task.clean), smollm2(task.corrupted)
+    assert task.metric(clean) > task.metric(corrupted) + (3.0 if name == "ioi" else 0.5)  # measured: 4.9, 1.2
+    kl = task.kl(smollm2)
+    assert kl(clean) < 1e-5 and kl(corrupted) > 1.0
+
+
+def test_ioi_reads_every_prompt_at_its_own_last_token_and_eap_ranks_notebook_02s_heads_first(smollm2):
+    task = tasks.ioi(smollm2, n_prompts=8)
+    ds = task.dataset
+    assert (ds.lengths != ds.lengths.max()).any()  # padded rows, so reading position -1 would be wrong
+    with torch.no_grad():
+        batched = smollm2(task.clean)
+        alone = torch.zeros_like(batched)  # each prompt run unpadded, its last logits put where the task reads
+        for i, length in enumerate(ds.lengths.tolist()):
+            alone[i, ds.word_idx["END"][i]] = smollm2(task.clean[i:i + 1, :length])[0, -1]
+    assert torch.allclose(task.metric(alone), task.metric(batched), atol=1e-3)
+    graph = Graph.of(smollm2)
+    per_node = node_scores(graph, attribute(smollm2, graph, task.clean, task.corrupted, task.metric))
+    heads = [i for i, name in enumerate(graph.sources) if ".h" in name]
+    top = [graph.sources[heads[i]] for i in per_node[heads].abs().topk(5).indices]
+    assert top[0] == "a23.h3"  # notebook 02's S suppressor, the largest head effect by activation patching
+    assert {"a20.h0", "a29.h1"} <= set(top)  # its S-inhibition head and its second-largest direct effect
+
+
+def test_a_task_by_name_and_an_unknown_name(toy):
+    task = tasks.make("induction", toy, n_prompts=4, half=10)
+    assert task.clean.shape == (4, 21) and torch.equal(task.clean[:, 1:11], task.clean[:, 11:])
+    with torch.no_grad():
+        assert task.metric(toy(task.clean)) > task.metric(toy(task.corrupted)) + 2
+    with pytest.raises(ValueError, match="unknown task 'copying'; the circuit tasks are greater-than, ioi, induction"):
+        tasks.make("copying", toy)

@@ -3,6 +3,7 @@
     from mikit.circuits import Graph, attribute, run_with_edges, source_outputs
 
     graph = Graph.of(model)                                          # sources, receivers, edges
+    task = tasks.ioi(model)                 # clean/corrupted prompts + metric: tasks.greater_than, tasks.induction
     scores = attribute(model, graph, clean, corrupted, metric)       # EAP; steps=10 for EAP-IG
     node_scores(graph, scores)                                       # per node: a fast first pass
     patched = run_with_edges(model, graph, clean, source_outputs(model, graph, corrupted), masks, metric)
@@ -20,9 +21,11 @@ from mikit.circuits.evaluation import circuit_nodes, circuit_size, completeness,
 from mikit.circuits.graph import Graph, Receiver
 from mikit.circuits.scrubbing import scrub, scrubbed_input
 from mikit.circuits.sparse import attention_density, edges_for_faithfulness, load_sparse, sparsify
+from mikit.circuits import tasks
+from mikit.circuits.tasks import Task
 
 __all__ = [
-    "Graph", "Metric", "Receiver", "ablated_outputs", "acdc", "attention_density", "attribute", "circuit_nodes",
+    "Graph", "Metric", "Receiver", "Task", "ablated_outputs", "acdc", "attention_density", "attribute", "circuit_nodes",
     "circuit_size", "completeness", "edges_for_faithfulness", "faithfulness", "graph_hooks", "kl_to_clean", "load_sparse",
-    "minimality", "node_scores", "roc", "roc_points", "run_with_edges", "scrub", "scrubbed_input", "source_outputs", "sparsify",
+    "minimality", "node_scores", "roc", "roc_points", "run_with_edges", "scrub", "scrubbed_input", "source_outputs", "sparsify", "tasks",
 ]

@@ -92,6 +92,11 @@ class Graph:
                              "are not supported yet: their MLP does not read the heads of its own layer.")
         return cls(cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads, cfg.attn_only)
 
+    def __repr__(self) -> str:
+        kv = f" sharing {self.n_kv_heads} key/value heads" if self.n_kv_heads != self.n_heads else ""
+        return (f"Graph({self.n_layers} layers × {self.n_heads} heads{kv}{'' if self.attn_only else ' + MLPs'}: "
+                f"{len(self.sources)} sources, {len(self.receiver_names)} receivers, {self.n_edges} edges)")
+
     @cached_property
     def edge_names(self) -> list[str]:
         """`source->receiver` for every edge, in edge order."""
