@@ -14,7 +14,8 @@ from functools import partial  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from alternatives import circuits as alternatives  # noqa: E402  (tests/alternatives/)
+from alternatives import assert_two_each, check_hidden_variants, listed  # noqa: E402  (tests/alternatives/)
+from alternatives import circuits as alternatives  # noqa: E402
 from replay import assert_replayed_answers_fail  # noqa: E402  (tests/replay.py)
 
 from mikit import hidden  # noqa: E402
@@ -314,14 +315,11 @@ def test_calling_the_reference_scores_zero(wire):
             wire(gid, cheat)
 
 
-ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
+ALTERNATIVES = listed(alternatives)
 
 
 def test_every_exercise_has_two_alternatives():
-    per_function = {name: 0 for exercise in checks.EXERCISES.values() for name in exercise.students}
-    for name in ALTERNATIVES:
-        per_function[name.split("__")[0]] += 1
-    assert min(per_function.values()) >= 2, per_function
+    assert_two_each(alternatives, [name for exercise in checks.EXERCISES.values() for name in exercise.students])
 
 
 @pytest.mark.parametrize("name", ALTERNATIVES)
@@ -330,9 +328,6 @@ def test_alternative_passes_visible_and_hidden_checks(name, wire, capsys):
     gid = next(gid for gid, exercise in checks.EXERCISES.items() if function in exercise.students)
     exercise = checks.EXERCISES[gid]
     exercise.check(getattr(alternatives, name))
-    for seed in (1, 3):
-        with hidden.active(), hidden_variant(seed):
-            exercise.check(getattr(alternatives, name))
-        hidden.reset()
+    check_hidden_variants(exercise, [getattr(alternatives, name)], seeds=(1, 3))
     wire(gid, getattr(alternatives, name), seed=5)
     assert capsys.readouterr().out.count("✓") == 4

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from alternatives import cross_attention as alternatives  # tests/alternatives/
+from alternatives import assert_two_each, listed
 from mikit import hidden
 from mikit.checks import CheckFailed, hidden_variant
 from mikit.checks import cross_attention as check
@@ -386,14 +387,11 @@ def test_the_guard_sees_the_storing_processor_called_for_attn2_probs():
     assert guard.called == []
 
 
-ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
+ALTERNATIVES = listed(alternatives)
 
 
 def test_every_exercise_has_two_alternatives():
-    per_exercise = {grade_id: 0 for grade_id in check.EXERCISES}
-    for name in ALTERNATIVES:
-        per_exercise[name.split("__")[0]] += 1
-    assert min(per_exercise.values()) >= 2, per_exercise
+    assert_two_each(alternatives, check.EXERCISES)
 
 
 @pytest.mark.parametrize("name", ALTERNATIVES)

@@ -275,11 +275,11 @@ def test_stub_and_wrong_types_get_one_sentence():
 
 
 # --- correct alternatives ---------------------------------------------------------------
-from mikit import hidden  # noqa: E402
 from mikit.checks import hidden_variant  # noqa: E402
-from alternatives import induction_heads as alternatives  # noqa: E402  (tests/alternatives/)
+from alternatives import assert_two_each, check_hidden_variants, listed  # noqa: E402  (tests/alternatives/)
+from alternatives import induction_heads as alternatives  # noqa: E402
 
-ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
+ALTERNATIVES = listed(alternatives)
 
 
 STUDENTS = {student: gid for gid, exercise in checks.EXERCISES.items() for student in exercise.students}
@@ -288,10 +288,7 @@ REFERENCE = {"previous_token_scores": ref.previous_token_scores, "duplicate_toke
 
 
 def test_every_exercise_has_two_alternatives():
-    per_function = {student: 0 for student in STUDENTS}
-    for name in ALTERNATIVES:
-        per_function[name.split("__")[0]] += 1
-    assert min(per_function.values()) >= 2, per_function
+    assert_two_each(alternatives, STUDENTS)
 
 
 @pytest.mark.parametrize("name", ALTERNATIVES)
@@ -301,9 +298,7 @@ def test_alternative_passes_visible_and_hidden_checks(name, toy, capsys):
     functions = [getattr(alternatives, name) if student == function else REFERENCE[student] for student in exercise.students]
     exercise.check(*functions, *((toy,) if STUDENTS[function] in ("count_correct_predictions", "ov_copying_score",
                                                                    "scan_heads") else ()))
-    for seed in (1, 2, 3):
-        with hidden.active(), hidden_variant(seed):
-            exercise.check(*functions, *exercise.context())
+    check_hidden_variants(exercise, functions, context=True)
     assert capsys.readouterr().out.count(f"✓ {function}:") == 4
 
 

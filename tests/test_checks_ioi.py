@@ -20,6 +20,7 @@ import mikit
 import mikit.checks
 from replay import recorded  # tests/replay.py
 from alternatives import ioi as alternatives  # tests/alternatives/
+from alternatives import assert_two_each, listed
 from mikit import core, hidden, patching
 from mikit import ioi as ref
 from mikit.checks import CheckFailed, hidden_variant
@@ -552,14 +553,11 @@ def test_calling_the_reference_scores_zero(wire):
 
 
 # --- correct alternatives ---------------------------------------------------------------
-ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
+ALTERNATIVES = listed(alternatives)
 
 
 def test_every_exercise_has_two_alternatives():
-    per_exercise = {gid: 0 for gid in checks.EXERCISES}
-    for name in ALTERNATIVES:
-        per_exercise[name.split("__")[0]] += 1
-    assert min(per_exercise.values()) >= 2, per_exercise
+    assert_two_each(alternatives, checks.EXERCISES)
 
 
 def _visible_args(gid, lm):

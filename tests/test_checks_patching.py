@@ -14,6 +14,7 @@ import pytest
 import torch
 from replay import assert_replayed_answers_fail  # tests/replay.py
 from alternatives import patching as alternatives  # tests/alternatives/
+from alternatives import assert_two_each, check_hidden_variants, listed
 from transformer_lens.utilities import get_act_name
 
 import mikit.checks as mikit_checks
@@ -604,14 +605,11 @@ def test_the_visible_answers_fail_the_hidden_test(gid, wire):
     assert_replayed_answers_fail(checks.EXERCISES[gid], REFERENCE[gid], wire, gid)
 
 
-ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
+ALTERNATIVES = listed(alternatives)
 
 
 def test_every_exercise_has_two_alternatives():
-    per_function = {name: 0 for exercise in checks.EXERCISES.values() for name in exercise.students}
-    for name in ALTERNATIVES:
-        per_function[name.split("__")[0]] += 1
-    assert min(per_function.values()) >= 2, per_function
+    assert_two_each(alternatives, [name for exercise in checks.EXERCISES.values() for name in exercise.students])
 
 
 @pytest.mark.parametrize("name", ALTERNATIVES)
@@ -622,9 +620,6 @@ def test_alternative_passes_visible_and_hidden_checks(name, wire, capsys):
     functions = [getattr(alternatives, name), *REFERENCE[gid][1:]]
     with torch.no_grad():  # the notebook's kernel state
         exercise.check(*functions)
-    for seed in (1, 2, 3):
-        with hidden.active(), hidden_variant(seed):
-            exercise.check(*functions)
-        hidden.reset()
+    check_hidden_variants(exercise, functions)
     wire(gid, *functions, seed=5)
     assert capsys.readouterr().out.count("✓") == 5

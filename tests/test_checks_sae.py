@@ -12,6 +12,7 @@ import torch
 
 from replay import assert_replayed_answers_fail  # tests/replay.py
 from alternatives import sae as alternatives  # tests/alternatives/
+from alternatives import assert_two_each, check_hidden_variants, listed
 from mikit import hidden
 from mikit.checks import CheckFailed, hidden_variant
 from mikit.checks import sae as check
@@ -570,15 +571,11 @@ def test_the_visible_answers_fail_the_hidden_test(gid, wire):
     assert_replayed_answers_fail(check.EXERCISES[gid], REFERENCE[gid], wire, gid)
 
 
-ALTERNATIVES = sorted(name for name in vars(alternatives) if "__" in name and not name.startswith("_"))
+ALTERNATIVES = listed(alternatives)
 
 
 def test_every_exercise_has_two_alternatives():
-    students = {name: gid for gid, exercise in check.EXERCISES.items() for name in exercise.students}
-    per_function = {name: 0 for name in students}
-    for name in ALTERNATIVES:
-        per_function[name.split("__")[0]] += 1
-    assert min(per_function.values()) >= 2, per_function
+    assert_two_each(alternatives, [name for exercise in check.EXERCISES.values() for name in exercise.students])
 
 
 @pytest.mark.parametrize("name", ALTERNATIVES)
@@ -589,9 +586,6 @@ def test_alternative_passes_visible_and_hidden_checks(name, wire, capsys):
     functions = [getattr(alternatives, name) if student == function else reference
                  for student, reference in zip(exercise.students, REFERENCE[gid])]
     exercise.check(*functions)
-    for seed in (1, 2, 3):
-        with hidden.active(), hidden_variant(seed):
-            exercise.check(*functions)
-        hidden.reset()
+    check_hidden_variants(exercise, functions)
     wire(gid, *functions, seed=5)
     assert capsys.readouterr().out.count("✓") == 5

@@ -1,0 +1,30 @@
+"""Correct answers written differently from the references, one module per notebook's checks.
+
+Each function is named `<student function or grade id>__<how it differs>`; the notebook's checks must accept
+every one visibly, under hidden variants and through the grader's wire (the tests in tests/test_checks_*.py).
+"""
+
+from mikit import hidden
+from mikit.checks import hidden_variant
+
+
+def listed(module) -> list[str]:
+    """The alternatives a module holds, sorted."""
+    return sorted(name for name in vars(module) if "__" in name and not name.startswith("_"))
+
+
+def assert_two_each(module, targets) -> None:
+    """Every student function (or grade id) in `targets` has at least two alternatives in `module`."""
+    per_target = {target: 0 for target in targets}
+    for name in listed(module):
+        per_target[name.split("__")[0]] += 1
+    assert min(per_target.values()) >= 2, per_target
+
+
+def check_hidden_variants(exercise, functions, seeds=(1, 2, 3), context: bool = False) -> None:
+    """The exercise's check of `functions` under each hidden variant, as the grader runs it (with the exercise's
+    own context when `context`), forgetting the variant's memoised objects after each."""
+    for seed in seeds:
+        with hidden.active(), hidden_variant(seed):
+            exercise.check(*functions, *(exercise.context() if context else ()))
+        hidden.reset()
