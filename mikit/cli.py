@@ -1,4 +1,5 @@
-"""The `mikit` command: `mikit build [--check]`, `mikit grade PATH... [--json] [--csv F] [--feedback DIR]`."""
+"""The `mikit` command: `mikit build [--check]`, `mikit grade PATH... [--json] [--csv F] [--feedback DIR]`,
+`mikit project new|check|report`, `mikit projects [filters]`."""
 
 from __future__ import annotations
 
@@ -56,6 +57,51 @@ def _grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _project(args: argparse.Namespace) -> int:
+    from mikit.project import run, starter
+
+    try:
+        if args.action == "new":
+            folder = starter.new(args.name, model=args.model, technique=args.technique, task=args.task)
+            print(f"created {folder}/: project.toml, project.ipynb, report.md, results/. Open project.ipynb and run it.")
+        elif args.action == "check":
+            verdicts = run.check(args.folder, timeout=args.timeout)
+            width = max(map(len, verdicts))
+            for name, verdict in verdicts.items():
+                print(f"{name:<{width}}  {verdict}")
+            bad = [name for name, verdict in verdicts.items() if verdict != "reproduced"]
+            print(f"{len(verdicts) - len(bad)} of {len(verdicts)} results reproduced.")
+            return 1 if bad else 0
+        else:
+            md, html = run.report(args.folder)
+            print(f"wrote {md} and {html}")
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as error:
+        print(f"mikit project {args.action}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _projects(args: argparse.Namespace) -> int:
+    from mikit.project import catalogue
+
+    try:
+        if args.show:
+            idea = catalogue.find(args.show)
+            print(catalogue.markdown([idea]).split("\n", 4)[-1])
+            return 0
+        found = catalogue.ideas(args.category, args.technique, args.model, args.difficulty)
+    except ValueError as error:
+        print(f"mikit projects: {error}", file=sys.stderr)
+        return 2
+    if args.markdown:
+        print(catalogue.markdown(found))
+        return 0
+    for idea in found:
+        print(f"{idea.id:30s} {idea.difficulty}  {idea.category:34s} {idea.title}")
+    print(f"{len(found)} of {len(catalogue.IDEAS)} ideas; `mikit projects --show ID` prints one with its starter cell.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mikit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +126,30 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--seed", type=int, help="seed of the hidden tests' inputs (default: fresh each run; reports show it)")
     g.add_argument("--id-pattern", help="regular expression on the file name; its first group is the student id")
     g.set_defaults(run=_grade)
+
+    p = sub.add_parser("project", help="start a research project, re-check its results, write its report")
+    actions = p.add_subparsers(dest="action", required=True)
+    n = actions.add_parser("new", help="create a project folder whose notebook runs as created")
+    n.add_argument("name", help="the folder to create (letters, digits, - and _)")
+    n.add_argument("--model", default="smollm2-135m", help="a model name (mikit.list_models()); default smollm2-135m")
+    n.add_argument("--technique", default="patching", help="attention, patching or circuits; default patching")
+    n.add_argument("--task", help="greater-than, ioi or induction (default: ioi for an LM, induction for a zoo model)")
+    for action, text in (("check", "re-run the notebook from a clean kernel; exit 1 unless every result reproduces"),
+                         ("report", "fill report.md with the saved results; write report/report.md and .html")):
+        a = actions.add_parser(action, help=text)
+        a.add_argument("folder", nargs="?", default=".", type=Path, help="the project folder (default: here)")
+        if action == "check":
+            a.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default 600)")
+    p.set_defaults(run=_project)
+
+    c = sub.add_parser("projects", help="the catalogue of project ideas, filtered")
+    c.add_argument("--category", help="e.g. 'circuits in the wild', 'training dynamics'")
+    c.add_argument("--technique", help="attention, patching, circuits or sae")
+    c.add_argument("--model", help="ideas that run on this model (offline or in full mode)")
+    c.add_argument("--difficulty", type=int, choices=(1, 2, 3))
+    c.add_argument("--show", metavar="ID", help="print one idea in full, with its starter cell")
+    c.add_argument("--markdown", action="store_true", help="print the ideas as the Markdown page docs/projects.md")
+    c.set_defaults(run=_projects)
 
     args = parser.parse_args(argv)
     return args.run(args)
