@@ -10,5 +10,12 @@ def load_model(name: str, device: str | None = None):
     return _load(name, device=device)
 
 
-__all__ = ["Session", "load_model", "setup"]
+def list_models(*, show: bool = True) -> list[dict]:
+    """Print (with `show`) and return every model the kit loads: where it runs, its size, what it is good for."""
+    from mikit.models import list_models as _list
+
+    return _list(show=show)
+
+
+__all__ = ["Session", "list_models", "load_model", "setup"]
 __version__ = "0.1.0"

