@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     n = actions.add_parser("new", help="create a project folder whose notebook runs as created")
     n.add_argument("name", help="the folder to create (letters, digits, - and _)")
     n.add_argument("--model", default="smollm2-135m", help="a model name (mikit.list_models()); default smollm2-135m")
-    n.add_argument("--technique", default="patching", help="attention, patching or circuits; default patching")
+    n.add_argument("--technique", default="patching", help="attention, patching, circuits or sae; default patching")
     n.add_argument("--task", help="greater-than, ioi or induction (default: ioi for an LM, induction for a zoo model)")
     for action, text in (("check", "re-run the notebook from a clean kernel; exit 1 unless every result reproduces"),
                          ("report", "fill report.md with the saved results; write report/report.md and .html")):

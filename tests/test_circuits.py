@@ -458,3 +458,14 @@ def test_a_task_by_name_and_an_unknown_name(toy):
         assert task.metric(toy(task.clean)) > task.metric(toy(task.corrupted)) + 2
     with pytest.raises(ValueError, match="unknown task 'copying'; the circuit tasks are greater-than, ioi, induction"):
         tasks.make("copying", toy)
+
+
+def test_the_timeseries_task_removes_the_deciding_feature_and_the_class_flips():
+    classifier = load_model("timeseries-classifier")
+    task = tasks.timeseries(classifier, n_prompts=8, feature="early_peak")
+    assert task.dataset.present[:, 0].all() and len(task.clean) == 8  # every clean series has its early peak
+    with torch.no_grad():
+        clean, corrupted = task.metric(classifier(task.clean)), task.metric(classifier(task.corrupted))
+    assert clean > 3 and corrupted < -3  # the clean class wins on clean series, the other class without the peak
+    with pytest.raises(ValueError, match="one that decides the class"):
+        tasks.timeseries(classifier, feature="late_peak")

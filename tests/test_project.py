@@ -84,6 +84,8 @@ def test_new_writes_a_project_and_bad_input_is_one_sentence(tmp_path):
         ({"name": "p3", "model": "gpt5"}, "unknown model 'gpt5'"),
         ({"name": "p3", "task": "sorting"}, "unknown task 'sorting'"),
         ({"name": "p3", "model": "attn-only-2l", "task": "ioi"}, "reads characters, so only the induction task"),
+        ({"name": "p3", "model": "smollm2-135m", "task": "timeseries"}, "go together: the classifier reads"),
+        ({"name": "p3", "model": "timeseries-classifier", "technique": "attention"}, "head detectors read text"),
     ):
         with pytest.raises(ValueError, match=message):
             starter.new(parent=tmp_path, **kwargs)
@@ -100,8 +102,10 @@ def test_a_broken_project_toml_is_one_sentence(tmp_path):
         Project.here(tmp_path)
 
 
-# Every technique on the zoo's model, and the real LM once (its patching and circuits take minutes on a CPU).
-EXECUTED = [("attn-only-2l", technique) for technique in starter.TECHNIQUES] + [("smollm2-135m", "attention")]
+# Every technique on the zoo's model, and the real LM with its shipped SAE (its patching and circuits take
+# minutes on a CPU).
+EXECUTED = [("attn-only-2l", technique) for technique in starter.TECHNIQUES] + [
+    ("smollm2-135m", "sae"), ("gelu-2l", "circuits"), ("timeseries-classifier", "patching")]
 
 
 @pytest.fixture(scope="module")

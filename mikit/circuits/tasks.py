@@ -14,6 +14,9 @@ behaviour on them. One call gives everything `attribute`, `acdc`, `faithfulness`
   Prompts of different templates are right-padded, and each is read at its own last token.
 - **Induction** (notebook 01): `[BOS, r, r]` for a random string r; the metric is the mean log-probability of
   the repeated half; corrupted: the first half is another random string, so there is nothing to copy.
+- **Time series** (the zoo's `timeseries-classifier`, `mikit.datasets.timeseries`): series that have a deciding
+  feature (default: the late dip); corrupted: the same series without it (same noise), so the class changes;
+  the metric is the logit of the clean class minus that of the corrupted one, at the CLS position.
 
 Every metric is higher when the model does the task, and is the mean over prompts (what attribution sums).
 """
@@ -77,7 +80,24 @@ def induction(model: HookedTransformer, n_prompts: int = 16, half: int = 20, see
     return Task("induction", clean, corrupted, repeat_logprob(clean), -1)
 
 
-TASKS: dict[str, Callable[..., Task]] = {"greater-than": greater_than, "ioi": ioi, "induction": induction}
+def timeseries(model: HookedTransformer, n_prompts: int = 16, seed: int = 0, feature: str = "late_dip") -> Task:
+    """Series with the deciding `feature` ("late_dip" or "early_peak") against the same series without it."""
+    from mikit.datasets.timeseries import DECISIVE, FEATURES, make_timeseries
+    from mikit.timeseries import class_logit_diff
+
+    if feature not in DECISIVE:
+        raise ValueError(f"feature must be one that decides the class ({', '.join(DECISIVE)}), not {feature!r}.")
+    pool = make_timeseries(4 * n_prompts, seed=seed)
+    clean = pool[pool.present[:, FEATURES.index(feature)]][:n_prompts]
+    corrupted = clean.with_feature(feature, False)
+    device = model.cfg.device
+    return Task("timeseries", clean.tokens().to(device), corrupted.tokens().to(device),
+                class_logit_diff(clean.labels.to(device), corrupted.labels.to(device)), -1, clean)
+
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "greater-than": greater_than, "ioi": ioi, "induction": induction, "timeseries": timeseries,
+}
 
 
 def make(name: str, model: HookedTransformer, **options: Any) -> Task:

@@ -353,6 +353,37 @@ model = load_sparse()
 tokens = mikit.induction.repeated_tokens(model, seq_len=20, batch=4)
 print("density of the shipped sparse model:", attention_density(model, tokens))""",
          "Draye et al. 2025, Sparse Attention Post-Training"),
+    Idea("induction-phase-change", "When do induction heads form, and what forms first?",
+         "attn-only-2l ships with training checkpoints from initialisation to the end. Find the step where the "
+         "loss on repeated tokens drops, and check the story of Olsson et al.: does the previous-token head "
+         "appear before the induction head, and does the drop coincide with K-composition between them?",
+         "training dynamics", ("attention",), ("01",), ("attn-only-2l-checkpoints",), (), 1, "minutes",
+         """from mikit import zoo
+for row in zoo.checkpoint_metrics("attn-only-2l")[::4]:
+    print(row["step"], "induction", round(row["induction_score"], 2), "prev-token", round(row["prev_token_score"], 2),
+          "repeat loss", round(row["repeat_loss_second_half"], 2))""",
+         "Olsson et al. 2022, In-context Learning and Induction Heads"),
+    Idea("gelu-1l-neurons", "What do the neurons of a one-layer model read and write?",
+         "gelu-1l has one attention layer and one MLP on the same character data as attn-only-2l. Take its "
+         "neurons one at a time: which characters and contexts make each fire, which next characters it "
+         "promotes (its output weights times the unembedding), and how many do one recognisable thing.",
+         "polysemanticity and superposition", ("attention", "patching"), ("01",), ("gelu-1l", "gelu-2l"), (), 1,
+         "minutes", """import mikit, torch
+model = mikit.load_model("gelu-1l")
+effects = model.W_out[0] @ model.W_U                                 # (neuron, character): direct logit effect
+for neuron in range(3):
+    print(neuron, "promotes", [model.to_string(i) for i in effects[neuron].topk(5).indices])"""),
+    Idea("timeseries-known-features", "Do interpretability methods find features we planted in time series?",
+         "The time-series classifier decides from an early upward spike and a late dip, among distractor spikes; "
+         "for every series the deciding time steps are known. Test activation patching over time steps, "
+         "attention saliency and an SAE on the residual stream against that truth: which methods point at the "
+         "right steps, and where does attention from the last position mislead?",
+         "algorithmic problems", ("patching", "attention", "sae"), ("03", "04"), ("timeseries-classifier",), (), 2,
+         "an hour", """from mikit.datasets.timeseries import make_timeseries
+from mikit.zoo.timeseries import accuracy, load_timeseries_classifier
+model, ds = load_timeseries_classifier(), make_timeseries(200, seed=1)
+print("accuracy:", accuracy(model, ds), "| deciding steps of series 0:", ds.decisive_steps[0].nonzero().flatten().tolist())""",
+         "Kalnāre et al. 2025, interpretability of time-series transformers"),
     Idea("planted-circuit-distractors", "Can the methods tell a planted circuit from a mimic?",
          "The planted model's circuit is known by construction. Fine-tune a copy so that an idle head learns a "
          "weak imitation of it, and test which discovery method (EAP, EAP-IG, ACDC) still separates the real "

@@ -19,14 +19,21 @@ TECHNIQUES = {
     "attention": "attention patterns and head detectors (notebook 01)",
     "patching": "activation patching of the residual stream and of heads (notebook 03)",
     "circuits": "edge attribution (EAP-IG) and the faithfulness of the circuits it ranks (notebook 06)",
+    "sae": "sparse autoencoder latents that separate clean from corrupted prompts, tested causally (notebook 04)",
 }
 LANGUAGE_MODELS = ("smollm2-135m", "gpt2-small")
 
 
+TIMESERIES_MODEL = "timeseries-classifier"
+
+
 def default_task(model: str) -> str:
-    """The task a new project on `model` studies first: IOI for a real LM, induction for the zoo's character models."""
+    """The task a new project on `model` studies first: IOI for a real LM, induction for the zoo's character models,
+    the deciding late dip for the time-series classifier."""
     from mikit.zoo import ZOO_MODELS
 
+    if model == TIMESERIES_MODEL:
+        return "timeseries"
     return "induction" if model in ZOO_MODELS else "ioi"
 
 
@@ -47,11 +54,18 @@ def _check(name: str, model: str, technique: str, task: str) -> None:
         raise ValueError(f"a project name becomes a folder name: letters, digits, - and _ only, not {name!r}.")
     if technique not in TECHNIQUES:
         raise ValueError(f"unknown technique {technique!r}; choose one of {', '.join(TECHNIQUES)}.")
-    if model not in ZOO_MODELS and model not in LANGUAGE_MODELS:
-        raise ValueError(f"unknown model {model!r}; choose one of {', '.join([*ZOO_MODELS, *LANGUAGE_MODELS])} "
+    models = [*ZOO_MODELS, TIMESERIES_MODEL, *LANGUAGE_MODELS]
+    if model not in models:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(models)} "
                          "(`mikit.list_models()` says what each is good for).")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    if (model == TIMESERIES_MODEL) != (task == "timeseries"):
+        raise ValueError("the timeseries task and the time-series classifier go together: the classifier reads "
+                         "quantised series, not text.")
+    if model == TIMESERIES_MODEL and technique == "attention":
+        raise ValueError("the attention technique's head detectors read text (repeated tokens); on the time-series "
+                         "classifier start from patching, circuits or sae.")
     if model in ZOO_MODELS and task != "induction":
         raise ValueError(f"{model} reads characters, so only the induction task fits it; IOI and Greater-Than need "
                          f"a word-level LM ({', '.join(LANGUAGE_MODELS)}).")
@@ -71,7 +85,7 @@ def new(name: str, model: str = "smollm2-135m", technique: str = "patching", tas
         name = "{name}"
         model = "{model}"          # mikit.list_models() lists the others
         technique = "{technique}"  # {TECHNIQUES[technique]}
-        task = "{task}"            # greater-than, ioi or induction (mikit.circuits.tasks), or your own in the notebook
+        task = "{task}"            # greater-than, ioi, induction or timeseries (mikit.circuits.tasks), or your own
         seeds = {list(seeds)}            # project.seed(i) uses the i-th; every saved result records its seed
         device = "auto"            # "auto": CUDA when there is a GPU, else the CPU; or "cpu", "cuda"
         n_prompts = {n_prompts}
@@ -284,6 +298,55 @@ MAIN = {
         project.save("faithfulness", fig, caption="Faithfulness against circuit size, edges ranked by |EAP-IG|.")
         fig.show()""",
     ),
+    "sae": (
+        """Which learned features carry the task? A sparse autoencoder (notebook 04) rewrites an activation as a
+        sparse sum of latents. On SmolLM2 the kit's SAE on layer 15 is used; on another model a small TopK SAE
+        is trained here first, on the task's prompts (a starting point: train it on more text for real work).
+        The latents whose activations differ most between clean and corrupted prompts are candidates; the
+        causal test sets them to their corrupted values in the clean run, at every position.""",
+        """
+        from mikit import sae
+        from mikit.paths import SAE_DIR
+        from mikit.sae.training import ActivationBuffer, train_sae
+
+        if project.model_name == "smollm2-135m":
+            autoencoder = sae.load(SAE_DIR / "smollm2-135m-l15-topk64")
+            hook = autoencoder.metadata["hook_name"]
+        else:
+            hook = f"blocks.{model.cfg.n_layers // 2}.hook_resid_pre"
+            rows = torch.cat([project.task(model, seed=100 + i).clean for i in range(16)])
+            autoencoder = sae.TopKSAE(model.cfg.d_model, 4 * model.cfg.d_model, k=8)
+            history = train_sae(autoencoder, ActivationBuffer(model, hook, rows, batch_size=256), n_tokens=30_000,
+                                progress=False)
+            print(f"trained an SAE on {hook}: explained variance {history['explained_variance'][-1]:.2f}")
+
+        with torch.no_grad():
+            latents = {}
+            for name, tokens in (("clean", task.clean), ("corrupted", task.corrupted)):
+                _, cache = model.run_with_cache(tokens, names_filter=hook)
+                latents[name] = autoencoder.encode(cache[hook])  # (prompt, position, latent)
+        difference = (latents["clean"] - latents["corrupted"]).abs().mean((0, 1))
+        candidates = difference.topk(10).indices
+        project.save("latent-differences", {f"latent {i}": float(difference[i]) for i in candidates},
+                     caption="Mean |clean − corrupted| activation over prompts and positions, top 10 latents.")
+        print("latents that differ most:", candidates.tolist())""",
+        """
+        def with_latents_corrupted(chosen):
+            \"\"\"The metric of the clean run with the `chosen` latents moved to their corrupted values (the
+            reconstruction error and every other latent left as they were).\"\"\"
+            shift = (latents["corrupted"] - latents["clean"])[..., chosen] @ autoencoder.W_dec[chosen]
+
+            def patch(activation, hook):
+                return activation + shift.to(activation.dtype)
+
+            with torch.no_grad():
+                return task.metric(model.run_with_hooks(task.clean, fwd_hooks=[(hook, patch)])).item()
+
+        effect = {"clean": baseline["clean"], "top-10 latents corrupted": with_latents_corrupted(candidates),
+                  "corrupted": baseline["corrupted"]}
+        project.save("latent-patching", effect, caption="The metric with the top-10 latents set to corrupted values.")
+        effect""",
+    ),
 }
 
 CONTROLS = {
@@ -329,6 +392,18 @@ CONTROLS = {
                       title="Faithfulness: edges ranked by EAP-IG vs random edges")
         project.save("faithfulness-vs-random", fig, caption="Faithfulness against size, EAP-IG vs random edges.")
         fig.show()""",
+    ),
+    "sae": (
+        """Do the chosen latents matter more than any ten active latents? Control: ten latents drawn at random
+        among those active on the clean prompts, moved to their corrupted values the same way.""",
+        """
+        active = (latents["clean"] != 0).flatten(0, 1).any(0).nonzero().flatten()
+        generator = torch.Generator().manual_seed(project.current_seed)
+        random_ten = active[torch.randperm(len(active), generator=generator)[:10]]
+        control = {"top-10 latents": effect["top-10 latents corrupted"],
+                   "10 random active latents": with_latents_corrupted(random_ten.to(candidates.device))}
+        project.save("latent-patching-vs-random", control, caption="Top-10 latents vs 10 random active ones.")
+        control""",
     ),
 }
 
