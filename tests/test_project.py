@@ -198,3 +198,17 @@ def test_projects_command_filters_and_shows(capsys):
     assert "```python" in capsys.readouterr().out
     assert cli.main(["projects", "--show", "nope"]) == 2
     assert "no idea 'nope'" in capsys.readouterr().err
+
+
+# --- the worked examples ------------------------------------------------------------------------------------
+EXAMPLES = sorted(path.parent for path in (ROOT / "projects" / "examples").glob("*/project.toml"))
+
+
+@pytest.mark.parametrize("folder", EXAMPLES, ids=lambda folder: folder.name)
+def test_a_worked_example_reproduces_from_a_clean_kernel(folder):
+    verdicts = run.check(folder)
+    assert verdicts and set(verdicts.values()) == {"reproduced"}, verdicts
+
+
+def test_a_table_cell_with_a_pipe_stays_one_cell():
+    assert run._table_markdown({"a|b": 1.0}).splitlines()[-1] == "| a\\|b | 1 |"

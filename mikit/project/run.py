@@ -56,7 +56,7 @@ def check(folder: str | Path, timeout: int = 600) -> dict[str, str]:
 def _table_markdown(data) -> str:
     """A saved table as Markdown: a dict as two columns, a list of dicts as rows, anything else as JSON."""
     def cell(value) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
+        return (f"{value:.4g}" if isinstance(value, float) else str(value)).replace("|", "\\|")
 
     if isinstance(data, dict) and "columns" in data and "rows" in data:
         header, rows = data["columns"], data["rows"]
@@ -67,7 +67,7 @@ def _table_markdown(data) -> str:
         rows = [[row.get(key, "") for key in header] for row in data]
     else:
         return f"```\n{json.dumps(data)[:2000]}\n```"
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
