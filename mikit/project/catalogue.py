@@ -331,7 +331,7 @@ from mikit.xattn.captioner_recipe import caption_data, load_captioner
 model = load_captioner()
 images, _, scenes = caption_data(4, seed=0)
 for words, scene in zip(greedy_caption(model, images), scenes):
-    print(" ".join(words))""",
+    print(" ".join(words), "| truth:", scene.caption)""",
          "Cross-attention and VLM hallucination, in the course reading"),
     Idea("daam-layers-timesteps", "Which layers and steps make the best heatmaps?",
          "DAAM averages cross-attention over layers and denoising steps. On scenes with exact masks, measure "
