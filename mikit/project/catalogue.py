@@ -347,10 +347,10 @@ print([scene.caption for scene in scenes])""",
          "per head along the way: which heads go sparse first, and does the induction circuit survive intact "
          "while the rest thins out?",
          "training dynamics", ("attention", "circuits"), ("06",), ("attn-only-2l",), (), 2, "an hour",
-         """from mikit.circuits import attention_density, load_sparse
-import mikit
+         """from mikit import induction
+from mikit.circuits import attention_density, load_sparse
 model = load_sparse()
-tokens = mikit.induction.repeated_tokens(model, seq_len=20, batch=4)
+tokens = induction.repeated_tokens(model, seq_len=20, batch=4)
 print("density of the shipped sparse model:", attention_density(model, tokens))""",
          "Draye et al. 2025, Sparse Attention Post-Training"),
     Idea("induction-phase-change", "When do induction heads form, and what forms first?",
