@@ -75,6 +75,10 @@ def _project(args: argparse.Namespace) -> int:
         else:
             md, html = run.report(args.folder)
             print(f"wrote {md} and {html}")
+    except ModuleNotFoundError as error:  # nbformat, nbclient, nbconvert: JupyterLab and Colab have them
+        print(f"mikit project {args.action} needs Jupyter's notebook tools ({error.name} is missing): "
+              "pip install 'mikit[lab]'.", file=sys.stderr)
+        return 2
     except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as error:
         print(f"mikit project {args.action}: {error}", file=sys.stderr)
         return 2

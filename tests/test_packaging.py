@@ -14,7 +14,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # The packages only transformers imports on our behalf (it reads the SmolLM2 GGUF file with gguf).
 IMPORTED_BY_A_DEPENDENCY = {"gguf"}
 # Instructor tools: the `grade` extra, imported lazily by the CLI.
-GRADE_MODULES = {"build.py", "grading.py"}
+# Modules that work on notebook files (nbformat, nbclient, nbconvert): `mikit build`/`grade` and `mikit project`.
+# They come with the lab and grade extras (JupyterLab brings all three) and with Colab.
+GRADE_MODULES = {"build.py", "grading.py", "project/starter.py", "project/run.py"}
 
 
 def pyproject_deps() -> list[str]:
@@ -92,7 +94,7 @@ def test_transformer_lens_is_pinned_to_3_9():
 
 
 def test_runtime_dependencies_are_exactly_what_the_library_and_notebooks_import():
-    library = [p for p in (ROOT / "mikit").rglob("*.py") if p.name not in GRADE_MODULES]
+    library = [p for p in (ROOT / "mikit").rglob("*.py") if p.relative_to(ROOT / "mikit").as_posix() not in GRADE_MODULES]
     used = imported_distributions(library + sorted((ROOT / "solutions").glob("*.ipynb")))
     runtime = {normalised(Requirement(d).name) for d in pyproject_deps()}
     # Imported but undeclared (transitive packages count: they arrive with a declared one).
