@@ -78,6 +78,10 @@ def test_new_writes_a_project_and_bad_input_is_one_sentence(tmp_path):
         "## 1. Question and hypothesis", "## 2. Task dataset and metric", "## 3. Baseline", "## 4. Main experiment",
         "## 5. Controls and ablations", "## 6. Results", "## 7. Limitations"]
     assert Project.read(starter.new("p2", parent=tmp_path)).task_name == "ioi"  # a real LM starts on IOI
+    for technique in starter.TECHNIQUES:  # an indented markdown line would render as a code block
+        text = "\n".join(c.source for c in starter.notebook("p", "attn-only-2l", technique, "induction").cells
+                         if c.cell_type == "markdown")
+        assert not [line for line in text.splitlines() if line.startswith("    ")], technique
     for kwargs, message in (
         ({"name": "my project"}, "letters, digits, - and _ only"),
         ({"name": "p3", "technique": "probing"}, "unknown technique 'probing'; choose one of attention, patching"),

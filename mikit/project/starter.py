@@ -9,6 +9,7 @@ that are about someone else's question.
 from __future__ import annotations
 
 import re
+from inspect import cleandoc
 from pathlib import Path
 from textwrap import dedent
 
@@ -103,13 +104,14 @@ def new(name: str, model: str = "smollm2-135m", technique: str = "patching", tas
 def _md(text: str):
     import nbformat
 
-    return nbformat.v4.new_markdown_cell(dedent(text).strip())
+    # cleandoc, not dedent: a text that starts on the line of its opening quotes has an unindented first line
+    return nbformat.v4.new_markdown_cell(cleandoc(text))
 
 
 def _code(text: str):
     import nbformat
 
-    return nbformat.v4.new_code_cell(dedent(text).strip())
+    return nbformat.v4.new_code_cell(cleandoc(text))
 
 
 def notebook(name: str, model: str, technique: str, task: str):
@@ -168,9 +170,9 @@ def notebook(name: str, model: str, technique: str, task: str):
                             "corrupted": task.metric(model(task.corrupted)).item()}
             project.save("baseline", baseline, caption="The task metric on clean and on corrupted prompts.")
             baseline"""),
-        _md(f"## 4. Main experiment\n\n{main[0]}"),
+        _md("## 4. Main experiment\n\n" + cleandoc(main[0])),
         *[_code(code) for code in main[1:]],
-        _md(f"## 5. Controls and ablations\n\n{controls[0]}"),
+        _md("## 5. Controls and ablations\n\n" + cleandoc(controls[0])),
         *[_code(code) for code in controls[1:]],
         _md("""
             ## 6. Results
