@@ -1,6 +1,7 @@
 """Max-of-K (Gross et al. 2024, "Compact proofs of model performance via mechanistic interpretability").
 
-    model = train_max_of_k(seed=0)               # 1 layer, 1 head, attention only, no LayerNorm
+    model = mikit.load_model("max-of-4")          # 1 layer, 1 head, attention only, no LayerNorm; d_vocab 64, K = 4
+    model = train_max_of_k(16, seed=1)            # or train one (d_vocab 16: 8 s on a CPU thread)
     tokens, labels = generate_max_of_k(8)         # (8, K) random tokens; labels: each row's largest token
     brute_force_accuracy(model)                   # (fraction, count) correct over all d_vocab**K inputs
     cubic_proof(model)                            # Bound(accuracy, cost, certified): a proven lower bound
@@ -15,6 +16,9 @@ weights from the QK scores (`.scores`). Grouping inputs by their largest token m
 of m from below and every logit gap from below; if every gap stays positive, the whole group is correct. The
 bound is the certified share of all inputs, and the cost counts the floating-point operations the check took:
 compare both with brute force, which runs the model on every input.
+
+The shipped max-of-4: brute force 0.99976 (859 GFLOP, 95 s); cubic proof 0.955 (74 MFLOP); quadratic 0.267
+(7 MFLOP). max-of-4-small (d_vocab 16) runs all its 65,536 inputs in under a second, for tests and exercises.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The toy model of superposition (Elhage et al. 2022): n sparse features squeezed through m < n hidden dimensions.
 
     model = SuperpositionToy(n_features=5, n_hidden=2, sparsity=[0.0, 0.7, 0.9, 0.97, 0.99], importance=0.9)
-    losses = train_toy(model)                  # Adam, 5,000 steps: a few seconds on a CPU
+    losses = train_toy(model)                  # Adam, 5,000 steps: about 10 s on one CPU thread
     feature_norms(model.W)                     # (instance, feature): which features each instance represents
     dimensionality(model.W)                    # Elhage's D_i: 1 for a dedicated dimension, 1/2 antipodal, 2/5 pentagon
     phase_diagram([0.0, 0.9, 0.99], [0.3, 1.0, 3.0])      # 2 features into 1 dimension: which regime each cell lands in
