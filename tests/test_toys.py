@@ -258,7 +258,8 @@ def test_checkpoint_series_shows_grokking():
 
 
 def test_train_command_writes_toy_models_and_checkpoints(tmp_path, monkeypatch):
-    assert main(["train", "modular-addition", "--out", str(tmp_path / "modular-addition"), "--steps", "4", "--checkpoints"]) == 0
+    out = str(tmp_path / "modular-addition")
+    assert main(["train", "modular-addition", "--out", out, "--steps", "4", "--checkpoints"]) == 0
     assert main(["train", "max-of-4-small", "--out", str(tmp_path / "max-of-4-small"), "--steps", "5"]) == 0
     monkeypatch.setenv("MIKIT_ZOO_DIR", str(tmp_path))
     assert len(checkpoint_steps("modular-addition")) >= 4

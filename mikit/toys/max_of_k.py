@@ -130,7 +130,9 @@ def circuits(model: HookedTransformer) -> Circuits:
     """The tables of a 1-layer, 1-head, attention-only model without LayerNorm (see `Circuits`)."""
     cfg = model.cfg
     if not (cfg.n_layers == 1 and cfg.n_heads == 1 and cfg.attn_only and cfg.normalization_type is None):
-        raise ValueError("circuits needs a 1-layer, 1-head, attention-only model without LayerNorm, as max_of_k_config builds.")
+        raise ValueError(
+            "circuits needs a 1-layer, 1-head, attention-only model without LayerNorm, as max_of_k_config builds."
+        )
     attn = model.blocks[0].attn
     W_E, W_pos, W_U = (w.detach().double() for w in (model.W_E, model.W_pos, model.W_U))
     W_Q, W_K, W_V, W_O = (w.detach().double()[0] for w in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O))
@@ -228,9 +230,9 @@ def _proof(model: HookedTransformer, *, per_largest_other: bool) -> Bound:
     for m in range(V):
         cs = torch.arange(-1, m) if per_largest_other else torch.tensor([m - 1])
         proven, cost = _certify_max(tables, m, cs)
-        cumulative = _inputs_per_group(m, k - 1, cs)
-        # The groups of the cubic proof are "largest other exactly c": differences of the cumulative counts.
-        counts = torch.diff(cumulative, dim=1, prepend=torch.zeros(m + 1, 1, dtype=torch.long)) if per_largest_other else cumulative
+        counts = _inputs_per_group(m, k - 1, cs)
+        if per_largest_other:  # the cubic proof's groups are "largest other exactly c": differences of the cumulative counts
+            counts = torch.diff(counts, dim=1, prepend=torch.zeros(m + 1, 1, dtype=torch.long))
         certified += int(counts[proven].sum())
         flops += cost
     return Bound(certified / V**k, flops, certified)

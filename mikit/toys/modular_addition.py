@@ -69,7 +69,9 @@ def modular_addition_data(p: int = P) -> tuple[Int[Tensor, "batch 3"], Int[Tenso
     return torch.stack([a, b, torch.full_like(a, p)], dim=1), (a + b) % p
 
 
-def train_test_split(p: int = P, train_fraction: float = TRAINING["train_fraction"], seed: int = TRAINING["seed"]) -> tuple[Int[Tensor, "train"], Int[Tensor, "test"]]:
+def train_test_split(
+    p: int = P, train_fraction: float = TRAINING["train_fraction"], seed: int = TRAINING["seed"],
+) -> tuple[Int[Tensor, "train"], Int[Tensor, "test"]]:
     """Indices into `modular_addition_data(p)`: a random `train_fraction` of all pairs to train on, the rest to test.
 
     The defaults give the shipped model's split, which `restricted_loss` and `excluded_loss` use unless told otherwise.
@@ -117,7 +119,9 @@ def key_frequencies(model: HookedTransformer, k: int = 5) -> list[int]:
     norms = embedding_fourier_norms(model)[1:] ** 2
     per_frequency = norms[0::2] + norms[1::2]  # cos w and sin w
     if not 1 <= k <= len(per_frequency):
-        raise ValueError(f"k must lie between 1 and {len(per_frequency)} (the frequencies of p = {model.cfg.d_vocab_out}); got {k}.")
+        raise ValueError(
+            f"k must lie between 1 and {len(per_frequency)} (the frequencies of p = {model.cfg.d_vocab_out}); got {k}."
+        )
     return [int(w) + 1 for w in per_frequency.topk(k).indices]
 
 
@@ -173,7 +177,8 @@ class GrokkingRun:
 
 
 def train_modular_addition(
-    config: dict | None = None, *, steps: int = TRAINING["steps"], lr: float = TRAINING["lr"], weight_decay: float = TRAINING["weight_decay"],
+    config: dict | None = None, *, steps: int = TRAINING["steps"], lr: float = TRAINING["lr"],
+    weight_decay: float = TRAINING["weight_decay"],
     train_fraction: float = TRAINING["train_fraction"], seed: int = TRAINING["seed"],
     snapshot_steps: list[int] | tuple[int, ...] = (), log_every: int = 10, progress: bool = True,
 ) -> GrokkingRun:
@@ -181,7 +186,9 @@ def train_modular_addition(
     config = config or modular_addition_config()
     p = config["d_vocab_out"]
     if steps < 1 or any(not 0 <= step <= steps for step in snapshot_steps):
-        raise ValueError(f"steps must be positive and snapshot_steps lie in 0..steps; got {steps} and {list(snapshot_steps)}.")
+        raise ValueError(
+            f"steps must be positive and snapshot_steps lie in 0..steps; got {steps} and {list(snapshot_steps)}."
+        )
     tokens, labels = modular_addition_data(p)
     train, test = train_test_split(p, train_fraction, seed)
     torch.manual_seed(seed)

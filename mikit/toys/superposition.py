@@ -32,7 +32,9 @@ def _per_instance(value: float | Sequence[float] | Tensor, n_instances: int, nam
     if tensor.ndim == 0:
         return tensor.repeat(n_instances)
     if tensor.shape != (n_instances,):
-        raise ValueError(f"{name} must be a number or {n_instances} numbers (one per instance); got shape {tuple(tensor.shape)}.")
+        raise ValueError(
+            f"{name} must be a number or {n_instances} numbers (one per instance); got shape {tuple(tensor.shape)}."
+        )
     return tensor
 
 
@@ -51,17 +53,25 @@ class SuperpositionToy(nn.Module):
     ):
         super().__init__()
         if not 0 < n_hidden < n_features:
-            raise ValueError(f"n_hidden must lie between 1 and n_features - 1 (fewer dimensions than features); got {n_hidden} and {n_features}.")
+            raise ValueError(
+                "n_hidden must lie between 1 and n_features - 1 (fewer dimensions than features); "
+                f"got {n_hidden} and {n_features}."
+            )
         if n_instances is None:  # one instance per sparsity given
             n_instances = torch.as_tensor(sparsity).numel() if torch.as_tensor(sparsity).ndim else 1
         sparsity = _per_instance(sparsity, n_instances, "sparsity")
         if ((sparsity < 0) | (sparsity >= 1)).any():
-            raise ValueError(f"sparsity must lie in [0, 1) (a feature's probability of being absent); got {sparsity.tolist()}.")
+            raise ValueError(
+                f"sparsity must lie in [0, 1) (a feature's probability of being absent); got {sparsity.tolist()}."
+            )
         importance = torch.as_tensor(importance, dtype=torch.float32)
         if importance.ndim == 0:
             importance = importance ** torch.arange(n_features, dtype=torch.float32)
         if importance.shape not in {(n_features,), (n_instances, n_features)}:
-            raise ValueError(f"importance must be a number, ({n_features},) or ({n_instances}, {n_features}); got shape {tuple(importance.shape)}.")
+            raise ValueError(
+                f"importance must be a number, ({n_features},) or ({n_instances}, {n_features}); "
+                f"got shape {tuple(importance.shape)}."
+            )
         importance = importance.expand(n_instances, n_features).clone()
         self.n_features, self.n_hidden, self.n_instances = n_features, n_hidden, n_instances
         self.W = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_instances, n_hidden, n_features)))
@@ -96,7 +106,9 @@ def importance_loss(
 ) -> Float[Tensor, ""]:
     """The paper's loss: importance-weighted squared error, averaged over batch and features, summed over instances."""
     if out.shape != x.shape or out.ndim != 3:
-        raise ValueError(f"out and x must both have shape (batch, instance, feature); got {tuple(out.shape)} and {tuple(x.shape)}.")
+        raise ValueError(
+            f"out and x must both have shape (batch, instance, feature); got {tuple(out.shape)} and {tuple(x.shape)}."
+        )
     return (importance * (x - out) ** 2).mean(dim=(0, 2)).sum()
 
 
@@ -175,7 +187,9 @@ def phase_diagram(
     Dense features favour the more important one alone; sparse ones fit both, antipodally, in superposition.
     """
     if not sparsities or not importances or min(importances) <= 0:
-        raise ValueError(f"phase_diagram needs sparsities and positive importances; got {list(sparsities)} and {list(importances)}.")
+        raise ValueError(
+            f"phase_diagram needs sparsities and positive importances; got {list(sparsities)} and {list(importances)}."
+        )
     cells = [(s, r) for s in sparsities for r in importances]
     torch.manual_seed(seed)
     model = SuperpositionToy(

@@ -4,9 +4,10 @@
     python -m mikit.zoo train max-of-4-small                    # vocabulary 16: 8 s
     python -m mikit.zoo train modular-addition --checkpoints    # the grokking run and its checkpoints: 2 min
 
-(Times on one thread of a shared 2-core CPU.) Each model folder holds model.safetensors and config.json (the HookedTransformer config, the recipe, the figures
-measured on the saved weights); modular-addition's checkpoints are one float16 safetensors file with the loss
-curve in its config.json, read by `mikit.zoo.load_checkpoint`, `checkpoint_steps` and `checkpoint_metrics`.
+(Times on one thread of a shared 2-core CPU.) Each model folder holds model.safetensors and config.json (the
+HookedTransformer config, the recipe, the figures measured on the saved weights); modular-addition's checkpoints
+are one float16 safetensors file with the loss curve in its config.json, read by `mikit.zoo.load_checkpoint`,
+`checkpoint_steps` and `checkpoint_metrics`.
 """
 
 from __future__ import annotations
