@@ -238,6 +238,10 @@ def test_shipped_modular_addition_reproduces_its_figures():
     key = torch.tensor([[2 * w - 1, 2 * w] for w in freqs]).flatten()
     assert norms[key].sum() > 0.5 * norms.sum()
     assert ma.restricted_loss(model, freqs) == pytest.approx(metrics["restricted_loss"], rel=1e-3, abs=1e-9)
+    with pytest.raises(ValueError, match="freqs must be frequencies between 1 and 29"):
+        ma.excluded_loss(model, [0])
+    with pytest.raises(ValueError, match="k must lie between 1 and 29"):
+        ma.key_frequencies(model, k=30)
 
 
 def test_checkpoint_series_shows_grokking():
@@ -245,7 +249,8 @@ def test_checkpoint_series_shows_grokking():
     record = read_config(zoo_dir() / "modular-addition-checkpoints")
     assert len(steps) >= 20 and steps[0] == 0 and steps[-1] == MODULAR_ADDITION["steps"]
     assert (zoo_dir() / "modular-addition-checkpoints" / "model.safetensors").stat().st_size < 8e6
-    curve = record["loss_curve"]
+    curve = ma.loss_curve()
+    assert curve["step"][:3] == [0, 10, 20] and len(curve["train_loss"]) == len(curve["test_loss"]) == len(curve["step"])
     memorised = next(s for s, loss in zip(curve["step"], curve["train_loss"]) if loss < 0.1)
     generalised = next(s for s, loss in zip(curve["step"], curve["test_loss"]) if loss < 0.1)
     assert generalised > 2 * memorised  # test loss falls long after train loss (measured: ~3.5 times later)

@@ -7,6 +7,7 @@
     key_frequencies(model, k=5)                               # the frequencies the embedding uses most
     restricted_loss(model, freqs), excluded_loss(model, freqs)   # keep only / remove those frequencies
     checkpoint_steps("modular-addition")                      # mikit.zoo: the training run, 0 to the last step
+    loss_curve()                                              # its train and test loss every 10 steps
     python -m mikit.zoo train modular-addition --checkpoints  # retrain it with its checkpoint series
 
 The model reads [a, b, =] (the = token has id P) and predicts (a + b) mod P at the last position. Trained on a
@@ -29,7 +30,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from mikit.zoo import build_from_config
+from mikit.storage import read_config
+from mikit.zoo import build_from_config, checkpoint_folder
 
 # Nanda et al. trained p = 113, d_model 128, d_mlp 512 at a train fraction of 0.3 for 40,000 full-batch steps. On
 # one thread of a shared 2-core CPU that size takes about 1 s a step, so the shipped run is scaled down: p = 59,
@@ -217,3 +219,8 @@ def train_modular_addition(
         optimizer.step()
     model.eval()
     return run
+
+
+def loss_curve(name: str = "modular-addition") -> dict[str, list[float]]:
+    """The shipped run's loss curve: `step`, `train_loss` and `test_loss`, every 10 steps (from its checkpoint series)."""
+    return read_config(checkpoint_folder(name))["loss_curve"]
