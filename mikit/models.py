@@ -246,6 +246,10 @@ _GOOD_FOR = {
     "gelu-2l": "induction heads with MLPs in between: neurons vs heads, compare with attn-only-2l on the same data",
     SMOLLM2: "the real LM offline: IOI, Greater-Than, activation patching, SAEs, induction in a 30-layer model (02-04, 06)",
 }
+_SERIES_SHOW = {  # what a checkpoint series lets a student watch
+    "attn-only-2l": "watch induction heads form",
+    "modular-addition": "watch it grok: test loss falls long after train loss, restricted loss first",
+}
 _DATA_MODELS = [  # (folder under data/, name, load call, good for)
     ("circuits/planted-induction", "planted-induction", "mikit.circuits.planted.load_planted()",
      "circuit discovery with a known answer: an induction circuit planted by training, for ROC curves (notebook 06)"),
@@ -285,7 +289,7 @@ def _zoo_loader(name: str) -> str:
 def _megabytes(*paths: Path) -> float:
     """The size on disk of `paths` (files, or folders counted whole), in MB."""
     files = [file for path in paths for file in ([path] if path.is_file() else path.rglob("*")) if file.is_file()]
-    return round(sum(file.stat().st_size for file in files) / 1e6, 1)
+    return round(sum(file.stat().st_size for file in files) / 1e6, 2)  # the toys' folders are tens of kB
 
 
 def _row(name: str, runs: str, parameters: int | None, disk_mb: float | None, load: str, good_for: str) -> dict:
@@ -316,8 +320,8 @@ def list_models(*, show: bool = True) -> list[dict]:
             rows.append(_row(
                 series.name, "offline", _parameters(folder / WEIGHTS_FILE) if saved else None, _megabytes(series),
                 f'mikit.zoo.load_checkpoint("{name}", step)',
-                f"training dynamics: {len(steps)} log-spaced checkpoints (steps {steps[0]}-{steps[-1]}) of a run of {name}'s "
-                "recipe; watch induction heads form (steps: mikit.zoo.checkpoint_steps, figures: checkpoint_metrics)",
+                f"training dynamics: {len(steps)} checkpoints (steps {steps[0]}-{steps[-1]}) of a run of {name}'s recipe; "
+                f"{_SERIES_SHOW.get(name, 'watch it train')} (steps: mikit.zoo.checkpoint_steps, figures: checkpoint_metrics)",
             ))
     known = {*ZOO_MODELS, *(f"{name}{CHECKPOINTS_SUFFIX}" for name in ZOO_MODELS)}
     for folder in sorted(zoo_dir().iterdir()) if zoo_dir().is_dir() else []:

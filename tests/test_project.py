@@ -86,6 +86,7 @@ def test_new_writes_a_project_and_bad_input_is_one_sentence(tmp_path):
         ({"name": "my project"}, "letters, digits, - and _ only"),
         ({"name": "p3", "technique": "probing"}, "unknown technique 'probing'; choose one of attention, patching"),
         ({"name": "p3", "model": "gpt5"}, "unknown model 'gpt5'"),
+        ({"name": "p3", "model": "max-of-4"}, "unknown model 'max-of-4'"),  # a toy of notebook 07: no text task
         ({"name": "p3", "task": "sorting"}, "unknown task 'sorting'"),
         ({"name": "p3", "model": "attn-only-2l", "task": "ioi"}, "reads characters, so only the induction task"),
         ({"name": "p3", "model": "smollm2-135m", "task": "timeseries"}, "go together: the classifier reads"),

@@ -85,7 +85,8 @@ def test_tokenizer_is_one_token_per_character(model):
 
 
 def test_unknown_name_lists_the_zoo():
-    with pytest.raises(ValueError, match=r"^No zoo model named 'gpt-5'; available: attn-only-2l, gelu-1l, gelu-2l\.$"):
+    with pytest.raises(ValueError, match=r"^No zoo model named 'gpt-5'; available: attn-only-2l, gelu-1l, gelu-2l, max-of-4, max-of-4-small, "
+                       r"modular-addition\.$"):
         load_zoo_model("gpt-5")
 
 
@@ -224,7 +225,7 @@ def test_induction_heads_form_in_a_phase_change():
 def test_bad_checkpoint_requests_say_what_exists(tmp_path):
     with pytest.raises(ValueError, match=r"^attn-only-2l has no checkpoint at step 7; its steps are 0, 1, 2, .*, 1200\.$"):
         load_checkpoint(NAME, 7)
-    with pytest.raises(ValueError, match=r"^Zoo model 'gelu-2l' has no training checkpoints; these have: attn-only-2l\.$"):
+    with pytest.raises(ValueError, match=r"^Zoo model 'gelu-2l' has no training checkpoints; these have: attn-only-2l, modular-addition\.$"):
         checkpoint_steps("gelu-2l")
     with pytest.raises(ValueError, match=r"^No zoo model named 'gpt-5'"):
         load_checkpoint("gpt-5", 0)

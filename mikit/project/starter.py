@@ -31,11 +31,11 @@ TIMESERIES_MODEL = "timeseries-classifier"
 def default_task(model: str) -> str:
     """The task a new project on `model` studies first: IOI for a real LM, induction for the zoo's character models,
     the deciding late dip for the time-series classifier."""
-    from mikit.zoo import ZOO_MODELS
+    from mikit.zoo import RECIPES
 
     if model == TIMESERIES_MODEL:
         return "timeseries"
-    return "induction" if model in ZOO_MODELS else "ioi"
+    return "induction" if model in RECIPES else "ioi"
 
 
 def make_task(name: str, model, **options):
@@ -49,13 +49,13 @@ def make_task(name: str, model, **options):
 
 def _check(name: str, model: str, technique: str, task: str) -> None:
     from mikit.circuits.tasks import TASKS
-    from mikit.zoo import ZOO_MODELS
+    from mikit.zoo import RECIPES  # the zoo's character models (its toys have tasks of their own)
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise ValueError(f"a project name becomes a folder name: letters, digits, - and _ only, not {name!r}.")
     if technique not in TECHNIQUES:
         raise ValueError(f"unknown technique {technique!r}; choose one of {', '.join(TECHNIQUES)}.")
-    models = [*ZOO_MODELS, TIMESERIES_MODEL, *LANGUAGE_MODELS]
+    models = [*RECIPES, TIMESERIES_MODEL, *LANGUAGE_MODELS]
     if model not in models:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(models)} "
                          "(`mikit.list_models()` says what each is good for).")
@@ -67,7 +67,7 @@ def _check(name: str, model: str, technique: str, task: str) -> None:
     if model == TIMESERIES_MODEL and technique == "attention":
         raise ValueError("the attention technique's head detectors read text (repeated tokens); on the time-series "
                          "classifier start from patching, circuits or sae.")
-    if model in ZOO_MODELS and task != "induction":
+    if model in RECIPES and task != "induction":
         raise ValueError(f"{model} reads characters, so only the induction task fits it; IOI and Greater-Than need "
                          f"a word-level LM ({', '.join(LANGUAGE_MODELS)}).")
 
