@@ -82,6 +82,22 @@ for half in (8, 32, 63):
 for text in ("the value (of x", "the value of x"):
     tokens = model.to_tokens(text)
     print(repr(text), "P(')') next:", model(tokens)[0, -1].softmax(-1)[close].item())"""),
+    Idea("max-of-k-tighter-proofs", "A proof of Max-of-K's accuracy between cubic and quadratic",
+         "max-of-4 outputs the largest of 4 tokens; brute force finds it right on 99.976 % of all 16.8 M inputs "
+         "(859 GFLOP). mikit.toys.max_of_k proves a lower bound from its circuits: the cubic proof certifies "
+         "95.5 % for 74 MFLOP, the quadratic one 26.7 % for 7 MFLOP. Find out what the quadratic proof's worst "
+         "cases throw away (which query tokens, which gaps) and write a proof that certifies most of the cubic "
+         "one's share at a cost near the quadratic one's: the more of the mechanism a proof uses, the tighter "
+         "and cheaper it gets. Check it stays below brute force on models of other seeds.",
+         "algorithmic problems", ("attention", "circuits"), ("01",), ("max-of-4", "max-of-4-small"), (), 3,
+         "minutes", """import mikit
+from mikit.toys import max_of_k
+model = mikit.load_model("max-of-4-small")             # 16 tokens: brute force takes a second
+print("brute force:", max_of_k.brute_force_accuracy(model)[0])
+for proof in (max_of_k.cubic_proof, max_of_k.quadratic_proof):
+    bound = proof(model)
+    print(f"{proof.__name__}: {bound.accuracy:.4f} for {bound.cost:,} flops")""",
+         "Gross et al. 2024, Compact proofs of model performance via mechanistic interpretability"),
     # --- circuits in the wild ------------------------------------------------------------------------------
     Idea("ioi-new-templates", "Does SmolLM2's IOI circuit hold on new templates?",
          "Notebook 02 finds SmolLM2's IOI circuit on eight templates. Write templates it never saw (longer "
@@ -94,6 +110,21 @@ template = "After the meeting at the [PLACE], [A] and [B] talked for hours, and 
 ds = IOIDataset(model, n_prompts=8, templates=[template])
 print("logit difference on the new template:", logit_diff(model(ds.tokens), ds).mean().item())""",
          "Wang et al. 2022, Interpretability in the Wild"),
+    Idea("successor-source", "Where does SmolLM2 get the next item from?",
+         "The worked example projects/examples/smollm2-successor finds that SmolLM2 continues 'Monday, Tuesday, "
+         "Wednesday,' without a successor head: L23H3 suppresses the last item, and L29H1 with the MLPs of layers "
+         "22-29 raise the next one. Where do they get 'next' from? Path-patch L23H3 into L29H1, read the final "
+         "comma's residual stream layer by layer (logit lens), and attribute the MLPs' effect to neurons: is "
+         "there an increment neuron per family, or one shared ordinal direction?",
+         "circuits in the wild", ("patching", "circuits"), ("03", "06"), ("smollm2-135m",), ("gpt2-small",), 2,
+         "an hour", LOAD_SMOLLM2 + """tokens = model.to_tokens(" Monday, Tuesday, Wednesday,")
+logits, cache = model.run_with_cache(tokens)
+nxt, last = model.to_single_token(" Thursday"), model.to_single_token(" Wednesday")
+for layer in (16, 20, 22, 24, 26, 29):                  # the logit lens at the final comma
+    resid = model.ln_final(cache["resid_post", layer][:, -1:])
+    lens = (resid @ model.W_U)[0, -1]
+    print(f"layer {layer}: next − last item {(lens[nxt] - lens[last]).item():+.2f}")""",
+         "Gould et al. 2023, Successor Heads"),
     Idea("greater-than-digits", "How does SmolLM2 compare years digit by digit?",
          "GPT-2 reads '32' as one token and compares two-digit numbers in MLPs 8-11. SmolLM2 reads one digit "
          "at a time, so its next-token question is only about the tens digit. Find the heads and MLPs that "
