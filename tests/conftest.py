@@ -81,3 +81,14 @@ def hidden_wire(tmp_path, monkeypatch):
                 hidden.reset()
 
     return grade
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`): small
+    models train faster on one thread of a shared 2-core machine than on two fighting for it (5 times, measured
+    training the time-series classifier)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

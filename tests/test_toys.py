@@ -30,13 +30,7 @@ from mikit.zoo import build_from_config, checkpoint_metrics, checkpoint_steps, l
 from mikit.zoo.__main__ import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine, small matrices run faster than with two threads fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # Superposition ---------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
     brute_force_accuracy(model)                   # (fraction, count) correct over all d_vocab**K inputs
     cubic_proof(model)                            # Bound(accuracy, cost, certified): a proven lower bound
     quadratic_proof(model)                        # a looser bound that costs less to check
-    circuits(model).scores                        # the QK circuit, EQKE with positions: (query, key, key_pos)
+    circuits(model).scores                        # the QK circuit, EQKE with positions: (q_token, k_token, k_pos)
 
 The model reads K tokens and must put the largest one on top of the logits at the last position. A proof
 certifies a set of inputs correct from the circuits alone: the logits at the last position are the direct path
@@ -120,9 +120,9 @@ class Circuits:
     logits(x) = direct[x_last] + Σ_i attention_i · ovu[x_i, i], attention = softmax_i scores[x_last, x_i, i].
     """
 
-    scores: Float[Tensor, "query key key_pos"]  # the QK circuit (EQKE plus the positional terms), already scaled
-    ovu: Float[Tensor, "key key_pos d_vocab_out"]  # the OV circuit (EVOU plus PVOU), biases included
-    direct: Float[Tensor, "query d_vocab_out"]  # the residual path to the unembedding, unembedding bias included
+    scores: Float[Tensor, "q_token k_token k_pos"]  # the QK circuit (EQKE plus the positional terms), already scaled
+    ovu: Float[Tensor, "k_token k_pos d_vocab_out"]  # the OV circuit (EVOU plus PVOU), biases included
+    direct: Float[Tensor, "q_token d_vocab_out"]  # the residual path to the unembedding, unembedding bias included
     flops: int  # the multiply-adds that computed the tables, counted twice (a multiply and an add)
 
 
@@ -163,7 +163,7 @@ class Bound:
         return iter((self.accuracy, self.cost))
 
 
-def _inputs_per_group(m: int, n_others: int, largest_other: Int[Tensor, "other"]) -> Int[Tensor, "query other"]:
+def _inputs_per_group(m: int, n_others: int, largest_other: Int[Tensor, "other"]) -> Int[Tensor, "q_token other"]:
     """How many inputs have largest token m, query (last) token t ≤ m, and every other token of the first
     `n_others` positions ≤ `largest_other` (cumulative over it; -1 means all of them are m)."""
     below = largest_other.double() + 1  # the tokens 0..c a position may hold besides m

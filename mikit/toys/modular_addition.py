@@ -127,7 +127,7 @@ def key_frequencies(model: HookedTransformer, k: int = 5) -> list[int]:
     return [int(w) + 1 for w in per_frequency.topk(k).indices]
 
 
-def _frequency_part(logits: Float[Tensor, "a b d_vocab_out"], freqs: list[int]) -> Float[Tensor, "a b d_vocab_out"]:
+def _frequency_part(logits: Float[Tensor, "operand_a operand_b d_vocab_out"], freqs: list[int]) -> Float[Tensor, "operand_a operand_b d_vocab_out"]:
     """The part of the logits, as functions of the inputs (a, b) for each output c, along cos and sin of w(a + b).
 
     The paper's projection: the algorithm's logits, sums of cos(w(a + b - c)), lie in these directions.
