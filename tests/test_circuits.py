@@ -33,7 +33,7 @@ def planted():
     """A 2-layer attention-only model whose circuit is PLANTED, by subspaces of a 12-dimensional residual stream:
     the embeddings write to A; a0.h0 reads A and writes B; a1.h0 reads A for its query and key, B for its
     values, and writes C; the unembedding reads B and C. Head 1 of each layer reads everything, writes nothing.
-    No layer norm and no biases, so an edge outside the circuit changes nothing at all."""
+    No layer norm and no biases, so an edge outside the circuit changes nothing beyond float rounding."""
     cfg = HookedTransformerConfig(n_layers=2, d_model=12, n_heads=2, d_head=4, n_ctx=16, d_vocab=20,
                                   attn_only=True, normalization_type=None, act_fn="relu", seed=0)
     model = HookedTransformer(cfg).eval()
@@ -230,7 +230,9 @@ def test_acdc_finds_exactly_the_planted_circuit(planted):
         metric = kl_to_clean(planted(clean))
     corrupted_out = ablated_outputs(planted, graph, corrupted)
     effects = run_with_edges(planted, graph, clean, corrupted_out, ~torch.eye(graph.n_edges, dtype=torch.bool), metric)
-    assert [graph.edge_names[i] for i in effects.nonzero().flatten()] == PLANTED  # the fixture is what it says
+    # The fixture is what it says: edges outside the circuit change the metric by float rounding only (1e-8 on an
+    # AVX2 CPU, exactly 0 on others), the planted ones by more than 1.
+    assert [graph.edge_names[i] for i in (effects.abs() > 1e-6).nonzero().flatten()] == PLANTED
     kept = acdc(planted, graph, clean, corrupted_out, metric, threshold=1e-6, progress=False)
     assert [graph.edge_names[i] for i in kept.nonzero().flatten()] == PLANTED
     assert circuit_size(graph, kept) == {"edges": 8, "nodes": 4}  # input, a0.h0, a1.h0, logits
