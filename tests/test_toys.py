@@ -90,6 +90,20 @@ def test_phase_diagram_regimes_on_clear_cases():
         phase_diagram([0.0], [0.0])
 
 
+def test_phase_diagram_finds_the_antipodal_arrangement_a_same_sign_start_misses():
+    # At sparsity 0.9 and importance 0.5 superposition has a 6x lower loss, but a start with both weights of one
+    # sign stays "not represented" (6 of 8 random starts did); the opposed start finds it, on every seed.
+    for seed in (0, 1, 2):
+        diagram = phase_diagram([0.9], [0.5, 2.0], steps=1500, seed=seed)
+        assert diagram.regimes == [["superposed", "superposed"]], seed
+    torch.manual_seed(0)
+    aligned = SuperpositionToy(2, 1, 1, sparsity=0.9, importance=torch.tensor([1.0, 0.5]))
+    with torch.no_grad():
+        aligned.W.abs_()
+    train_toy(aligned, steps=1500, lr=1e-2)
+    assert (aligned.W[0, 0, 0] * aligned.W[0, 0, 1]).item() > -0.25  # never antipodal from there
+
+
 def test_an_sae_on_the_hidden_activations_recovers_the_true_features():
     torch.manual_seed(0)
     toy = SuperpositionToy(10, 4, sparsity=0.95, importance=1.0)
@@ -147,6 +161,28 @@ def test_proof_groups_count_every_input_once():
         counts = mok._inputs_per_group(m, 3, torch.arange(-1, m))  # cumulative over the largest other token
         assert counts[:, -1].sum() == (m + 1) ** 4 - m**4  # every input whose maximum is m
         assert (counts.diff(dim=1) >= 0).all()
+
+
+def test_the_proof_steps_bound_every_case_they_cover():
+    generator = torch.Generator().manual_seed(0)
+    score_max = torch.randn(50, dtype=torch.float64, generator=generator)
+    bounds = torch.randn(50, 3, dtype=torch.float64, generator=generator)  # the other keys' highest scores
+    least = mok.attention_lower_bound(score_max, bounds)
+    at_the_bounds = torch.cat([score_max[:, None], bounds], 1).softmax(-1)[:, 0]
+    assert torch.allclose(least, at_the_bounds)  # tight where every score sits at its bound
+    below = bounds - torch.rand(50, 3, dtype=torch.float64, generator=generator)  # the other keys score lower
+    higher = score_max + torch.rand(50, dtype=torch.float64, generator=generator)  # the copy scores higher
+    assert (torch.cat([higher[:, None], below], 1).softmax(-1)[:, 0] >= least).all()
+    assert mok.attention_lower_bound(torch.tensor([800.0]), torch.tensor([[799.0, -torch.inf]])).isfinite().all()
+
+    direct, gap_max, gap_rest = (torch.randn(50, 7, dtype=torch.float64, generator=generator) for _ in range(3))
+    gap_rest[0] = torch.inf
+    margin = mok.worst_case_margin(least, direct, gap_max, gap_rest)
+    for a in torch.linspace(0, 1, 11, dtype=torch.float64):  # any attention on the copies from the bound up to 1
+        a = least + a * (1 - least)
+        actual = direct + a[:, None] * gap_max + (1 - a[:, None]) * gap_rest.nan_to_num(posinf=0.0)
+        actual[0] = direct[0] + gap_max[0]  # no other key
+        assert (actual >= margin - 1e-12).all()
 
 
 def test_shipped_max_of_4_small_reproduces_its_figures_and_bounds_are_sound():

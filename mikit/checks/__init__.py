@@ -29,6 +29,7 @@ NOTEBOOK_CHECKS = {
     "04_sparse_autoencoders": "mikit.checks.sae",
     "05_cross_attention": "mikit.checks.cross_attention",
     "06_circuit_discovery": "mikit.checks.circuits",
+    "07_toy_models": "mikit.checks.toys",
 }
 
 

@@ -174,6 +174,32 @@ def _inputs_per_group(m: int, n_others: int, largest_other: Int[Tensor, "other"]
     return counts.round().long()
 
 
+def attention_lower_bound(score_max: Float[Tensor, "*group"], other_scores: Float[Tensor, "*group k_pos"]) -> Float[Tensor, "*group"]:
+    """The least softmax weight the copies of the largest token can get: 1 / (1 + Σ_j exp(other_j - score_max)).
+
+    `score_max` bounds one copy's score from below, `other_scores` each other key's score from above (-inf for a
+    key that is absent). More copies, lower other scores or a higher copy score only raise the weight. Written as
+    differences of scores, it cannot overflow where exp(score) would.
+    """
+    return 1 / (1 + (other_scores - score_max[..., None]).exp().sum(-1))
+
+
+def worst_case_margin(
+    attention: Float[Tensor, "*group"], direct_gap: Float[Tensor, "*group d_vocab_out"],
+    gap_max: Float[Tensor, "*group d_vocab_out"], gap_rest: Float[Tensor, "*group d_vocab_out"],
+) -> Float[Tensor, "*group d_vocab_out"]:
+    """The least logit gap (largest token minus output y) over a group of inputs, for every y.
+
+    The gap is the direct path's `direct_gap` plus the attention-weighted average of the keys' OV gaps: at least
+    `gap_max` from the copies of the largest token, `gap_rest` from the other keys (+inf where there are none).
+    The average is linear in the attention a on the copies, which lies between `attention` and 1, so its least
+    value sits at one of the two ends.
+    """
+    a = attention[..., None]
+    at_least = torch.where(torch.isinf(gap_rest), gap_max, a * gap_max + (1 - a) * gap_rest)
+    return direct_gap + torch.minimum(at_least, gap_max)
+
+
 def _certify_max(tables: Circuits, m: int, largest_other: Int[Tensor, "other"]) -> tuple[Tensor, int]:
     """Which (query t ≤ m, largest other c) groups of inputs with largest token m are proven correct, and the flops.
 
@@ -199,13 +225,13 @@ def _certify_max(tables: Circuits, m: int, largest_other: Int[Tensor, "other"]) 
     score_m = scores[:, m, :-1].amin(-1)  # (t,)
 
     # The query is not m (t < m): at least one copy of m, up to K - 2 other keys, and the query key.
-    # Softmax weights as 1 / (1 + Σ exp(other - this)), which cannot overflow.
     score_m, score_query = score_m[:, None], score_query[:, None]
-    attn_not_m = 1 / (1 + (k - 2) * (score_rest - score_m).exp() + (score_query - score_m).exp())  # (t, c)
+    attn_not_m = attention_lower_bound(score_m, torch.stack(
+        [score_rest] * (k - 2) + [score_query.expand_as(score_rest)], dim=-1))  # (t, c)
     worst_m = gap_m.expand(m + 1, 1, n_out)
     worst_rest = torch.minimum(gap_rest, gap_query[:, None])  # (t, c, y)
     # The query is m: the query key is a copy of m, and up to K - 1 other keys.
-    attn_is_m = 1 / (1 + (k - 1) * (score_rest - score_query).exp())
+    attn_is_m = attention_lower_bound(score_query, torch.stack([score_rest] * (k - 1), dim=-1))
     attention = attn_not_m.clone()
     attention[m] = attn_is_m[m]
     worst_m = worst_m.clone()
@@ -213,9 +239,7 @@ def _certify_max(tables: Circuits, m: int, largest_other: Int[Tensor, "other"]) 
     worst_rest = worst_rest.clone()
     worst_rest[m] = gap_rest[0]
 
-    a = attention[..., None]
-    mixed = torch.where(torch.isinf(worst_rest), worst_m, a * worst_m + (1 - a) * worst_rest)
-    margin = (direct[:, m : m + 1] - direct)[:, None, :] + torch.minimum(mixed, worst_m)  # (t, c, y)
+    margin = worst_case_margin(attention, (direct[:, m : m + 1] - direct)[:, None, :], worst_m, worst_rest)  # (t, c, y)
     margin[..., m] = torch.inf  # y = m is the answer itself
     proven = margin.amin(-1) > MARGIN_SLACK  # (t, c)
     flops = gaps.numel() + 2 * scores[:, :m].numel() + 12 * margin.numel()
@@ -270,6 +294,7 @@ __all__ = [
     "D_VOCAB",
     "K",
     "all_sequences",
+    "attention_lower_bound",
     "brute_force_accuracy",
     "brute_force_flops",
     "circuits",
@@ -278,4 +303,5 @@ __all__ = [
     "max_of_k_config",
     "quadratic_proof",
     "train_max_of_k",
+    "worst_case_margin",
 ]

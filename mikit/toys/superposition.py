@@ -15,7 +15,7 @@ the squared error (`importance_loss`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -114,9 +114,12 @@ def importance_loss(
 
 def train_toy(
     model: SuperpositionToy, *, steps: int = 5000, batch_size: int = 1024, lr: float = 1e-3, seed: int = 0,
-    log_every: int = 100,
+    log_every: int = 100, loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] = importance_loss,
 ) -> list[float]:
-    """Train every instance at once with Adam on fresh batches; return the loss every `log_every` steps."""
+    """Train every instance at once with Adam on fresh batches; return the loss every `log_every` steps.
+
+    `loss_fn(out, x, importance)` is the loss to minimise (notebook 07 trains with the student's own).
+    """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive; got {steps} and {batch_size}.")
     generator = torch.Generator().manual_seed(seed)
@@ -125,7 +128,7 @@ def train_toy(
     model.train()
     for step in range(steps):
         x = model.generate_batch(batch_size, generator)
-        loss = importance_loss(model(x), x, model.importance)
+        loss = loss_fn(model(x), x, model.importance)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -181,10 +184,14 @@ def phase_diagram(
     sparsities: Sequence[float], importances: Sequence[float], *, steps: int = 3000, batch_size: int = 1024,
     lr: float = 1e-2, seed: int = 0,
 ) -> PhaseDiagram:
-    """Train one instance per (sparsity, relative importance) cell of 2 features in 1 hidden dimension.
+    """Train 2 features into 1 hidden dimension for each (sparsity, relative importance) cell; keep the better of two starts.
 
     The first feature has importance 1, the second each of `importances`; both have the cell's sparsity.
     Dense features favour the more important one alone; sparse ones fit both, antipodally, in superposition.
+    Each cell trains from two starts, one with the two weights of the same sign and one with opposite signs:
+    training rarely moves a weight through zero, so a start of the same sign stays out of the antipodal
+    arrangement even where that has a 6x lower loss (measured at sparsity 0.9; 6 of 8 random starts missed it).
+    The diagram keeps the start with the lower loss, as the paper's diagram shows the best arrangement.
     """
     if not sparsities or not importances or min(importances) <= 0:
         raise ValueError(
@@ -193,10 +200,18 @@ def phase_diagram(
     cells = [(s, r) for s in sparsities for r in importances]
     torch.manual_seed(seed)
     model = SuperpositionToy(
-        2, 1, len(cells), sparsity=[s for s, _ in cells], importance=torch.tensor([[1.0, r] for _, r in cells]),
+        2, 1, 2 * len(cells), sparsity=[s for s, _ in cells] * 2,
+        importance=torch.tensor([[1.0, r] for _, r in cells] * 2),
     )
+    with torch.no_grad():  # the first copy of each cell starts with aligned weights, the second with opposed ones
+        first, second = model.W[:, 0, 0], model.W[:, 0, 1]
+        sign = torch.tensor([1.0] * len(cells) + [-1.0] * len(cells))
+        model.W[:, 0, 1] = sign * first.sign() * second.abs()
     train_toy(model, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-    W = model.W.detach()
+    with torch.no_grad():  # each start's loss on one large batch
+        x = model.generate_batch(100_000, torch.Generator().manual_seed(seed + 1))
+        losses = (model.importance * (x - model(x)) ** 2).mean(dim=(0, 2)).view(2, len(cells))
+    W = model.W.detach().view(2, len(cells), 1, 2)[losses.argmin(0), torch.arange(len(cells))]
     regimes = [classify_regime(w) for w in W]
     shape = (len(sparsities), len(importances))
     return PhaseDiagram(
