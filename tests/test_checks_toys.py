@@ -15,15 +15,13 @@ from functools import partial  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from alternatives import assert_two_each, check_hidden_variants, listed  # noqa: E402  (tests/alternatives/)
+from alternatives import assert_two_each, check_hidden_variants, listed, solution_functions  # noqa: E402  (tests/alternatives/)
 from alternatives import toys as alternatives  # noqa: E402
 from replay import assert_replayed_answers_fail  # noqa: E402  (tests/replay.py)
 
 import mikit  # noqa: E402
-from mikit import hidden  # noqa: E402
-from mikit.checks import CheckFailed, hidden_variant  # noqa: E402
+from mikit.checks import CheckFailed  # noqa: E402
 from mikit.checks import toys as checks  # noqa: E402
-from mikit.dev import mutants  # noqa: E402
 from mikit.toys import max_of_k as mok  # noqa: E402
 from mikit.toys import modular_addition as ma  # noqa: E402
 from mikit.toys import superposition as sp  # noqa: E402
@@ -31,27 +29,7 @@ from mikit.toys import superposition as sp  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _solutions() -> dict:
-    """The solution notebook's function for every name a check receives."""
-    found = {}
-    for target in mutants.targets("07_toy_models"):
-        namespace = dict(mutants.prepare(target).base)
-        exec(compile(target.source, f"<{target.exercise}>", "exec"), namespace)
-        found.update({name: namespace[name] for name in target.students})
-    return found
-
-
-SOLUTION = _solutions()
-
-
-@pytest.fixture(params=[0, 1, 2, 3], ids=["notebook", "hidden1", "hidden2", "hidden3"])
-def variant(request):
-    if request.param == 0:
-        yield 0
-        return
-    with hidden.active(), hidden_variant(request.param):
-        yield request.param
-    hidden.reset()
+SOLUTION = solution_functions("07_toy_models")
 
 
 def rejects(check, fn, match):

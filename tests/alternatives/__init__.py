@@ -6,6 +6,7 @@ every one visibly, under hidden variants and through the grader's wire (the test
 
 from mikit import hidden
 from mikit.checks import hidden_variant
+from mikit.dev import mutants
 
 
 def listed(module) -> list[str]:
@@ -28,3 +29,13 @@ def check_hidden_variants(exercise, functions, seeds=(1, 2, 3), context: bool = 
         with hidden.active(), hidden_variant(seed):
             exercise.check(*functions, *(exercise.context() if context else ()))
         hidden.reset()
+
+
+def solution_functions(notebook: str) -> dict:
+    """The solution notebook's function for every name its checks receive (read with mikit.dev.mutants)."""
+    found = {}
+    for target in mutants.targets(notebook):
+        namespace = dict(mutants.prepare(target).base)
+        exec(compile(target.source, f"<{target.exercise}>", "exec"), namespace)
+        found.update({name: namespace[name] for name in target.students})
+    return found
