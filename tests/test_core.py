@@ -15,8 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mikit"
 # command lines, on top of everything. The checks, grading and build sit above the techniques.
 LAYERS = {
     "core": ["mikit.core", "mikit.paths"],
-    "sources": ["mikit.storage", "mikit.models", "mikit.zoo", "mikit.datasets", "mikit.session"],
-    "techniques": ["mikit.induction", "mikit.ioi", "mikit.patching", "mikit.sae", "mikit.xattn", "mikit.circuits"],
+    "sources": ["mikit.storage", "mikit.models", "mikit.language_model", "mikit.zoo", "mikit.datasets", "mikit.session"],
+    "techniques": ["mikit.induction", "mikit.ioi", "mikit.patching", "mikit.sae", "mikit.xattn", "mikit.circuits",
+                   "mikit.toys"],
     "views": ["mikit.viz"],
 }
 
