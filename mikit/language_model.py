@@ -152,16 +152,17 @@ class ModuleNames:
     embed: str  # token embedding
     blocks: str  # the list of transformer blocks
     attn: str  # the attention module, inside a block
+    attn_out: str  # the attention's output projection (W_O), inside the attention module: its input holds z
     mlp: str  # the MLP, inside a block
     final_norm: str
     unembed: str
 
 
-_LLAMA_STYLE = ModuleNames("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm", "lm_head")
+_LLAMA_STYLE = ModuleNames("model.embed_tokens", "model.layers", "self_attn", "o_proj", "mlp", "model.norm", "lm_head")
 ARCHITECTURES = {  # config.model_type -> names
     **{kind: _LLAMA_STYLE for kind in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2")},
-    "gpt2": ModuleNames("transformer.wte", "transformer.h", "attn", "mlp", "transformer.ln_f", "lm_head"),
-    "gpt_neox": ModuleNames("gpt_neox.embed_in", "gpt_neox.layers", "attention", "mlp",
+    "gpt2": ModuleNames("transformer.wte", "transformer.h", "attn", "c_proj", "mlp", "transformer.ln_f", "lm_head"),
+    "gpt_neox": ModuleNames("gpt_neox.embed_in", "gpt_neox.layers", "attention", "dense", "mlp",
                             "gpt_neox.final_layer_norm", "embed_out"),
 }
 # TransformerLens hook names (per layer where they have `{layer}`), in the order a forward pass reaches them:
