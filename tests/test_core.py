@@ -17,7 +17,7 @@ LAYERS = {
     "core": ["mikit.core", "mikit.paths"],
     "sources": ["mikit.storage", "mikit.models", "mikit.language_model", "mikit.zoo", "mikit.datasets", "mikit.session"],
     "techniques": ["mikit.induction", "mikit.ioi", "mikit.patching", "mikit.sae", "mikit.xattn", "mikit.circuits",
-                   "mikit.toys", "mikit.probes", "mikit.steering"],
+                   "mikit.toys", "mikit.probes", "mikit.steering", "mikit.lens"],
     "views": ["mikit.viz"],
 }
 

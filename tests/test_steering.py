@@ -198,6 +198,7 @@ def test_remote_reaches_every_trace_and_the_gate(monkeypatch):
 
     monkeypatch.setattr(nnsight.TransformersModel, "_remote_backend", backend)
     monkeypatch.setattr(steering, "check_remote_version", lambda: gated.append(1))
+    monkeypatch.setattr("mikit.lens.check_remote_version", lambda: gated.append(1))
     monkeypatch.setattr(socket.socket, "connect", _no_network)
     vector = torch.randn(32, generator=torch.Generator().manual_seed(2))
     mean_z = head_inputs(tiny, PROMPTS).mean(1)
@@ -208,6 +209,7 @@ def test_remote_reaches_every_trace_and_the_gate(monkeypatch):
         "indirect_effects": lambda remote: indirect_effects(tiny, PROMPTS, torch.tensor([1, 2, 3]), mean_z,
                                                             remote=remote),
         "head_outputs": lambda remote: head_outputs(tiny, mean_z, remote=remote),
+        "logit_lens": lambda remote: __import__("mikit.lens").lens.logit_lens(tiny, PROMPTS, remote=remote),
         "steered_generation": lambda remote: steered_generation(tiny, "w1 w2", vector, 0, max_new_tokens=3,
                                                                 remote=remote),
     }
@@ -227,7 +229,10 @@ def test_every_trace_function_takes_remote():
     import ast
     import inspect
 
-    tree = ast.parse(inspect.getsource(steering))
+    from mikit import lens
+
+    tree = ast.Module(body=[*ast.parse(inspect.getsource(steering)).body, *ast.parse(inspect.getsource(lens)).body],
+                      type_ignores=[])
     for node in ast.walk(tree):
         source = ast.unparse(node) if isinstance(node, ast.FunctionDef) else ""
         if any(call in source for call in ("model.trace(", "model.generate(", "model.session(")):
@@ -238,3 +243,4 @@ def test_every_trace_function_takes_remote():
 def test_remote_smollm2_is_refused_before_any_trace():
     with pytest.raises(ValueError, match="runs here, not on NDIF"):
         lm_module.load_language_model(remote=True)
+
