@@ -7,8 +7,10 @@
     control = control_labels(labels, words, seed=0)                     # Hewitt & Liang's control task
     sweep = probe_layers(cache_by_layer, labels, words)                 # task, control and selectivity per layer
     project_out(acts, direction); shift_along(acts, direction, alpha=4.0)
+    causal_test(lm, prompts, probe.unit_direction(), layer, metric)    # does the model use it? (nnsight, remote=)
 
-Everything takes tensors, however they were cached (TransformerLens `run_with_cache`, nnsight, a file).
+Everything but `causal_test` takes tensors, however they were cached (TransformerLens `run_with_cache`, nnsight,
+a file); `causal_test` intervenes on an nnsight model with `mikit.steering.add_vector`.
 
 A probe that reaches high accuracy has not shown that the model *represents* the property: with a few hundred
 dimensions and a few hundred tokens a linear probe can memorise which word type each token is and the label
@@ -326,6 +328,45 @@ def shift_along(
 ) -> Float[Tensor, "... d_model"]:
     """`acts` moved by `alpha` along the unit vector of `direction` (a new tensor)."""
     return acts + alpha * _unit(direction, acts.shape[-1]).to(acts)
+
+
+@dataclass
+class CausalTest:
+    """The behaviour as the residual stream moves along a probe's direction, against random directions."""
+
+    alphas: list[float]
+    along_probe: Float[Tensor, "alpha"]  # the metric with alpha · (unit probe direction) added
+    along_random: Float[Tensor, "alpha"]  # its mean over random unit directions: the control
+
+    def effect(self) -> tuple[float, float]:
+        """(probe, random): the metric's change from the smallest to the largest alpha."""
+        return ((self.along_probe[-1] - self.along_probe[0]).item(), (self.along_random[-1] - self.along_random[0]).item())
+
+
+def causal_test(
+    model, prompts: str | list[str], direction: Float[Tensor, "d_model"], layer: int, metric, *,
+    alphas: Sequence[float] = (-8.0, -4.0, 0.0, 4.0, 8.0), n_random: int = 4, positions: str = "last", seed: int = 0,
+    remote: bool = False,
+) -> CausalTest:
+    """Does the model *use* the probe's direction? Add alpha · (unit direction) after `layer` (an nnsight model, see
+    `mikit.language_model`) and read `metric(logits)` (the last position's logits -> one number), for each alpha;
+    the same with `n_random` random unit directions is the control: a probe direction that matters moves the
+    metric far more than a random one. Pick alphas on the scale of the activations along the direction (e.g. the
+    distance between the class means)."""
+    from mikit.steering import add_vector  # notebook 08's other technique: the model-side intervention
+
+    alphas = [float(a) for a in alphas]
+    if len(alphas) < 2 or n_random < 1:
+        raise ValueError(f"causal_test needs at least two alphas and one random direction; got {alphas} and {n_random}.")
+    generator = torch.Generator().manual_seed(seed)
+    unit = _unit(direction.detach().float().cpu(), direction.shape[-1])
+    randoms = torch.nn.functional.normalize(torch.randn(n_random, unit.shape[0], generator=generator), dim=-1)
+
+    def curve(vector: Tensor) -> Tensor:
+        return torch.tensor([float(metric(add_vector(model, prompts, vector, layer, scale=alpha, positions=positions,
+                                                     remote=remote))) for alpha in alphas])
+
+    return CausalTest(alphas, curve(unit), torch.stack([curve(r) for r in randoms]).mean(0))
 
 
 # ---- checks ---------------------------------------------------------------------------------------

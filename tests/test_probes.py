@@ -202,3 +202,25 @@ def test_bad_input_is_one_sentence(call, message):
         call()
     text = str(error.value).strip("'\"")
     assert message in text and text.endswith(".") and text.count(". ") == 0, text
+
+
+def test_causal_test_moves_the_metric_along_the_direction_the_model_reads():
+    """On a tiny model, the direction that the unembedding reads as token 7 (after the last block) raises token 7's
+    logit with alpha, far more than random directions; the curve is the metric of add_vector at each alpha."""
+    from test_language_model import _tiny  # tests/test_language_model.py: a tiny nnsight Qwen2
+
+    from mikit.probes import causal_test
+    from mikit.steering import add_vector
+
+    model = _tiny("qwen2")
+    direction = model._module.lm_head.weight[7].detach()  # what raises token 7's logit, read after the final norm
+    metric = lambda logits: (logits[:, 7] - logits.mean(-1)).mean()  # noqa: E731
+    result = causal_test(model, ["w1 w2 w3", "w4 w5"], direction, 1, metric, alphas=(-4, 0, 4), n_random=8)
+    assert result.along_probe[0] < result.along_probe[1] < result.along_probe[2]
+    probe_effect, random_effect = result.effect()
+    assert probe_effect > 3 * abs(random_effect)
+    unit = direction / direction.norm()
+    assert result.along_probe[2] == pytest.approx(float(metric(add_vector(model, ["w1 w2 w3", "w4 w5"], unit, 1,
+                                                                           scale=4, positions="last"))), abs=1e-5)
+    with pytest.raises(ValueError, match="at least two alphas"):
+        causal_test(model, ["w1"], direction, 1, metric, alphas=(1,))
