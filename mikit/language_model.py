@@ -34,8 +34,6 @@ here, which the tests use to prove that the traces ship.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -45,7 +43,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mikit.models import SMOLLM2, cache_dir, load_hf_smollm2, offline_mode
-from mikit.storage import is_saved, load_weights, read_config, save_folder
+from mikit.storage import is_saved, load_weights, read_config, save_cache
 
 # The Hugging Face model (norms unfolded, unlike the HookedTransformer's cache), in the kit's saved-model layout.
 SMOLLM2_HF_CACHE = "smollm2-135m-hf-v1"
@@ -127,19 +125,8 @@ def _write_smollm2_hf_cache(folder: Path) -> None:
     model, tokenizer = load_hf_smollm2()
     state = {key: value for key, value in model.state_dict().items() if key != "lm_head.weight"}  # tied
     config = model.config.to_dict()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Written in a scratch folder renamed at the end, so a crash never leaves a half-written cache.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        save_folder(state, scratch, {"config": config, "source": f"{SMOLLM2} dequantised from its GGUF file"})
-        tokenizer.save_pretrained(scratch)
-        try:
-            scratch.rename(folder)
-        except OSError:
-            if not folder.exists():  # otherwise another process finished the same cache first
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    save_cache(state, folder, {"config": config, "source": f"{SMOLLM2} dequantised from its GGUF file"},
+               also=tokenizer.save_pretrained)
 
 
 # ---- one set of names -----------------------------------------------------------------------------

@@ -14,9 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -26,7 +24,7 @@ from transformer_lens.loading_from_pretrained import make_model_alias_map
 from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from mikit.storage import load_weights, read_config, save_folder
+from mikit.storage import load_weights, read_config, save_cache
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -196,19 +194,8 @@ def _write_smollm2_cache(folder: Path) -> None:
     # W_U was a transposed view of the tied embedding; safetensors wants contiguous tensors.
     folded_norms = (".ln1.w", ".ln2.w", "ln_final.w")
     state = {key: tensor.detach().contiguous() for key, tensor in state.items() if not key.endswith(folded_norms)}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Written in a scratch folder renamed at the end, so a crash never leaves a half-written cache.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        save_folder(state, scratch, {"config": config, "source": f"{SMOLLM2} converted from its GGUF file"})
-        tokenizer.save_pretrained(scratch)
-        try:
-            scratch.rename(folder)
-        except OSError:
-            if not folder.exists():  # otherwise another process finished the same cache first
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    save_cache(state, folder, {"config": config, "source": f"{SMOLLM2} converted from its GGUF file"},
+               also=tokenizer.save_pretrained)
 
 
 def _load_smollm2(device: str) -> HookedTransformer:

@@ -10,6 +10,9 @@ use SAELens' own format instead (`mikit.sae.io`), so that SAELens can read them.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -27,6 +30,27 @@ def save_folder(model: nn.Module | dict[str, Tensor], folder: Path, record: dict
     folder.mkdir(parents=True, exist_ok=True)
     save_file({name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}, str(folder / WEIGHTS_FILE))
     (folder / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def save_cache(
+    state: dict[str, Tensor], folder: Path, record: dict, *, also: Callable[[Path], None] | None = None
+) -> None:
+    """`save_folder` for a cache that several processes may fill at once: written into a scratch folder (plus
+    whatever `also(scratch)` writes, e.g. a tokenizer) and renamed to `folder` at the end, so that a crash never
+    leaves a half-written cache and a process that finishes second keeps the first one's."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        save_folder(state, scratch, record)
+        if also is not None:
+            also(scratch)
+        try:
+            scratch.rename(folder)
+        except OSError:
+            if not folder.exists():  # otherwise another process finished the same cache first
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def is_saved(folder: Path) -> bool:

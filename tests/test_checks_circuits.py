@@ -14,7 +14,7 @@ from functools import partial  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from alternatives import assert_two_each, check_hidden_variants, listed, solution_functions  # noqa: E402  (tests/alternatives/)
+from alternatives import assert_two_each, check_alternative, listed, solution_functions  # noqa: E402  (tests/alternatives/)
 from alternatives import circuits as alternatives  # noqa: E402
 from replay import assert_replayed_answers_fail  # noqa: E402  (tests/replay.py)
 
@@ -302,10 +302,5 @@ def test_every_exercise_has_two_alternatives():
 
 @pytest.mark.parametrize("name", ALTERNATIVES)
 def test_alternative_passes_visible_and_hidden_checks(name, wire, capsys):
-    function = name.split("__")[0]
-    gid = next(gid for gid, exercise in checks.EXERCISES.items() if function in exercise.students)
-    exercise = checks.EXERCISES[gid]
-    exercise.check(getattr(alternatives, name))
-    check_hidden_variants(exercise, [getattr(alternatives, name)], seeds=(1, 3))
-    wire(gid, getattr(alternatives, name), seed=5)
+    check_alternative(checks, alternatives, name, wire)
     assert capsys.readouterr().out.count("✓") == 4
