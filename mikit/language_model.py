@@ -229,8 +229,7 @@ def residual_stream(
     layers = list(range(n_layers(model))) if layers is None else list(layers)
     names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
     modules = [module_at(model, name) for name in names]  # looked up outside: NDIF has no mikit to run
-    if remote and remote != "local":  # "local" is nnsight's serverless dry run
-        check_remote_version()
+    gate_remote(remote)
     with torch.no_grad(), model.trace(prompts, remote=remote):
         outputs = []
         for module in modules:
@@ -243,6 +242,13 @@ def residual_stream(
 # ---- NDIF -----------------------------------------------------------------------------------------
 
 _SERVER_VERSION: dict[str, str] = {}  # host -> version, read once per process
+
+
+def gate_remote(remote) -> None:
+    """Before a trace: check NDIF's nnsight version when `remote` is True ("local", nnsight's serverless dry run of
+    a remote trace, and False need no server)."""
+    if remote and remote != "local":
+        check_remote_version()
 
 
 def check_remote_version(server_version: str | None = None) -> str:

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mikit.language_model import check_remote_version, module_at, n_layers
+from mikit.language_model import gate_remote, module_at, n_layers
 
 
 def logit_lens(
@@ -26,8 +26,7 @@ def logit_lens(
     layers = list(range(n_layers(model))) if layers is None else list(layers)
     if not layers or not all(0 <= layer < n_layers(model) for layer in layers):
         raise ValueError(f"layers must be a non-empty list of layers between 0 and {n_layers(model) - 1}; got {layers}.")
-    if remote and remote != "local":  # "local" is nnsight's serverless dry run of a remote trace
-        check_remote_version()
+    gate_remote(remote)
     # Looked up here: the traced code runs on NDIF, which has no mikit.
     blocks = [module_at(model, f"blocks.{layer}.hook_resid_post") for layer in layers]
     norm, unembed = module_at(model, "ln_final.hook_normalized"), module_at(model, "unembed")

@@ -20,7 +20,7 @@ stream of a zero-shot prompt, makes the model do the task. A head's output is it
 projection: W_O applied to that head's slice of z alone (bias excluded).
 
 Every function takes `remote`, passed to the trace: `remote=True` runs it on NDIF for a hub model
-(`load_language_model(name, remote=True)`), after `check_remote_version`.
+(`load_language_model(name, remote=True)`), after `mikit.language_model.check_remote_version`.
 """
 
 from __future__ import annotations
@@ -31,14 +31,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mikit.language_model import check_remote_version, module_at, module_names, n_layers
+from mikit.language_model import gate_remote, module_at, module_names, n_layers
 
 Positions = Literal["all", "last"]
-
-
-def _gate(remote) -> None:
-    if remote and remote != "local":  # "local" is nnsight's serverless dry run of a remote trace
-        check_remote_version()
 
 
 def _check_layer(model, layer: int) -> None:
@@ -63,7 +58,7 @@ def steering_vector(
     if not positive or not negative:
         raise ValueError("steering_vector needs at least one positive and one negative prompt.")
     _check_layer(model, layer)
-    _gate(remote)
+    gate_remote(remote)
     module = module_at(model, _resid(layer))
     with torch.no_grad(), model.trace(list(positive) + list(negative), remote=remote):
         output = module.output
@@ -82,7 +77,7 @@ def add_vector(
     if positions not in ("all", "last"):
         raise ValueError(f"positions must be 'all' or 'last'; got {positions!r}.")
     _check_layer(model, layer)
-    _gate(remote)
+    gate_remote(remote)
     module = module_at(model, _resid(layer))  # looked up here: the trace's code runs on NDIF, without mikit
     added = scale * vector
     with torch.no_grad(), model.trace(prompts, remote=remote):
@@ -104,7 +99,7 @@ def steered_generation(
 ) -> str:
     """Greedy continuation of `prompt` with `scale * vector` added after `layer` at every position of every step."""
     _check_layer(model, layer)
-    _gate(remote)
+    gate_remote(remote)
     module = module_at(model, _resid(layer))
     added = scale * vector
     # Exactly max_new_tokens steps (min_new_tokens): a bounded loop, so the statement after it runs.
@@ -151,7 +146,7 @@ def head_inputs(
     layers = list(range(n_layers(model))) if layers is None else list(layers)
     for layer in layers:
         _check_layer(model, layer)
-    _gate(remote)
+    gate_remote(remote)
     projections = [_walk_attn(model, layer) for layer in layers]
     n_heads = _heads(model)
     with torch.no_grad(), model.trace(prompts, remote=remote):
@@ -172,7 +167,7 @@ def head_outputs(
     layers = list(range(n_layers(model))) if layers is None else list(layers)
     if z.shape[0] != len(layers):
         raise ValueError(f"z has {z.shape[0]} layers but {len(layers)} layers were named.")
-    _gate(remote)
+    gate_remote(remote)
     projections = [_walk_attn(model, layer) for layer in layers]
     alone = [_per_head(z_layer, _heads(model)) for z_layer in z]  # (head, head * d_head) per layer
     with torch.no_grad(), model.session(remote=remote):
@@ -195,7 +190,7 @@ def indirect_effects(
         raise ValueError(f"mean_z has {mean_z.shape[0]} layers but {len(layers)} layers were named.")
     if len(answers) != len(prompts):
         raise ValueError(f"one answer per prompt: got {len(answers)} answers for {len(prompts)} prompts.")
-    _gate(remote)
+    gate_remote(remote)
     n_heads, batch = _heads(model), len(prompts)
     rows = torch.arange(batch)
     with torch.no_grad(), model.trace(prompts, remote=remote):

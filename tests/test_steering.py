@@ -197,8 +197,7 @@ def test_remote_reaches_every_trace_and_the_gate(monkeypatch):
         return LocalSimulationBackend(self)
 
     monkeypatch.setattr(nnsight.TransformersModel, "_remote_backend", backend)
-    monkeypatch.setattr(steering, "check_remote_version", lambda: gated.append(1))
-    monkeypatch.setattr("mikit.lens.check_remote_version", lambda: gated.append(1))
+    monkeypatch.setattr(lm_module, "check_remote_version", lambda: gated.append(1))  # behind every trace's gate
     monkeypatch.setattr(socket.socket, "connect", _no_network)
     vector = torch.randn(32, generator=torch.Generator().manual_seed(2))
     mean_z = head_inputs(tiny, PROMPTS).mean(1)
