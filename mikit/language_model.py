@@ -79,9 +79,18 @@ def load_language_model(name: str = SMOLLM2, *, device: str | None = None, remot
     if remote:
         check_remote_version()
         return TransformersModel(name, task="text-generation")  # meta device: the weights stay on NDIF
-    if offline_mode():
+    return load_hub_language_model(name, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_hub_language_model(name: str, device: str):
+    """A Hugging Face Hub causal LM in nnsight, its weights on `device`.
+
+    The only place this module downloads weights: the full-mode tests replace it with a stand-in.
+    """
+    from nnsight import TransformersModel
+
+    if offline_mode():  # fail at once: a hub call would hang for tens of seconds first
         raise ValueError(f"{name!r} needs the Hugging Face Hub, which offline mode rules out; offline, use {SMOLLM2!r}.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return TransformersModel(name, task="text-generation", device_map=device, dispatch=True)
 
 
@@ -194,6 +203,12 @@ def module_path(model, name: str) -> str:
 def module_at(model, name: str):
     """The module (an nnsight Envoy, for an nnsight model) whose output is TransformerLens hook `name`."""
     return _walk(model, module_path(model, name))
+
+
+def output_projection(model, layer: int):
+    """The attention output projection (W_O) of `layer`: its input is every head's z side by side,
+    (batch, pos, head * d_head), head h in columns h·d_head … (h+1)·d_head − 1."""
+    return getattr(module_at(model, f"blocks.{layer}.hook_attn_out"), module_names(model).attn_out)
 
 
 def read(model, name: str) -> Tensor:

