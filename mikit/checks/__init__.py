@@ -30,6 +30,7 @@ NOTEBOOK_CHECKS = {
     "05_cross_attention": "mikit.checks.cross_attention",
     "06_circuit_discovery": "mikit.checks.circuits",
     "07_toy_models": "mikit.checks.toys",
+    "08_probes_and_steering": "mikit.checks.steering",
 }
 
 

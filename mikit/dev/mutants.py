@@ -579,11 +579,13 @@ class Prepared:
 def prepare(target: Target) -> Prepared:
     """Run the statements the notebook runs before the exercise (imports, definitions, constants)."""
     base: dict[str, Any] = {"__name__": "__mutant__", "torch": torch}
-    for statement in target.prelude:
+    for i, statement in enumerate(target.prelude):
+        filename = f"<notebook statement {i} before {target.exercise}>"
+        linecache.cache[filename] = (len(statement), None, statement.splitlines(True), filename)  # for nnsight
         try:
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                exec(compile(statement, "<notebook>", "exec"), base)
+                exec(compile(statement, filename, "exec"), base)
         except Exception:  # a cell that needs notebook state; the exercise rarely does
             pass
     return Prepared(target, exercises_of(target.notebook)[target.exercise], base)

@@ -4,6 +4,8 @@ Each function is named `<student function or grade id>__<how it differs>`; the n
 every one visibly, under hidden variants and through the grader's wire (the tests in tests/test_checks_*.py).
 """
 
+import linecache
+
 from mikit import hidden
 from mikit.checks import hidden_variant
 from mikit.dev import mutants
@@ -36,7 +38,10 @@ def solution_functions(notebook: str) -> dict:
     found = {}
     for target in mutants.targets(notebook):
         namespace = dict(mutants.prepare(target).base)
-        exec(compile(target.source, f"<{target.exercise}>", "exec"), namespace)
+        filename = f"<{target.exercise}>"
+        # tracers that read their `with` block back (nnsight) find the source as in a notebook cell
+        linecache.cache[filename] = (len(target.source), None, target.source.splitlines(True), filename)
+        exec(compile(target.source, filename, "exec"), namespace)
         found.update({name: namespace[name] for name in target.students})
     return found
 
