@@ -11,13 +11,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import math  # noqa: E402
-from functools import partial  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from alternatives import assert_two_each, check_alternative, listed, solution_functions  # noqa: E402  (tests/alternatives/)
+from alternatives import solution_functions  # noqa: E402  (tests/alternatives/)
 from alternatives import toys as alternatives  # noqa: E402
-from replay import assert_replayed_answers_fail  # noqa: E402  (tests/replay.py)
+from verdicts import accepts, grader_tests, rejects  # noqa: E402  (tests/verdicts.py)
 
 import mikit  # noqa: E402
 from mikit.checks import CheckFailed  # noqa: E402
@@ -30,16 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SOLUTION = solution_functions("07_toy_models")
-
-
-def rejects(check, fn, match):
-    with pytest.raises(CheckFailed, match=match):
-        check(fn)
-
-
-def accepts(check, fn, capsys):
-    check(fn)
-    assert "✓" in capsys.readouterr().out
 
 
 def test_the_solutions_are_the_notebook_functions():
@@ -289,25 +278,7 @@ def test_the_frequency_part_gives_the_recorded_restricted_loss():
 
 
 # --- the grader ------------------------------------------------------------------------------------------------
-@pytest.fixture
-def wire(hidden_wire):
-    """`wire(grade_id, *functions, seed=1)`: the exercise's hidden test through the wire (tests/conftest.py)."""
-    return partial(hidden_wire, checks)
-
-
-def _reference(gid):
-    return tuple(SOLUTION[name] for name in checks.EXERCISES[gid].students)
-
-
-@pytest.mark.parametrize("gid", list(checks.EXERCISES))
-def test_the_reference_passes_the_hidden_test_through_the_wire(gid, wire, capsys):
-    wire(gid, *_reference(gid), seed=2)
-    assert "✓" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("gid", list(checks.EXERCISES))
-def test_the_visible_answers_fail_the_hidden_test(gid, wire):
-    assert_replayed_answers_fail(checks.EXERCISES[gid], _reference(gid), wire, gid)
+globals().update(grader_tests(checks, SOLUTION, alternatives))  # wire, and the tests of the wire and the alternatives
 
 
 def test_calling_the_reference_scores_zero(wire):
@@ -323,16 +294,3 @@ def test_calling_the_reference_scores_zero(wire):
     for gid, cheat in cases.items():
         with pytest.raises(CheckFailed, match=r"calls the reference `mikit\.toys"):
             wire(gid, cheat)
-
-
-ALTERNATIVES = listed(alternatives)
-
-
-def test_every_exercise_has_two_alternatives():
-    assert_two_each(alternatives, [name for exercise in checks.EXERCISES.values() for name in exercise.students])
-
-
-@pytest.mark.parametrize("name", ALTERNATIVES)
-def test_alternative_passes_visible_and_hidden_checks(name, wire, capsys):
-    check_alternative(checks, alternatives, name, wire)
-    assert capsys.readouterr().out.count("✓") == 4
